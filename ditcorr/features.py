@@ -1,0 +1,113 @@
+"""Captured query/key features of a video DiT and the geometry needed to read them.
+
+A `DitFeatures` holds, for every captured (block, step, branch, sample, chunk),
+the per-head queries and keys of the video tokens laid out on the token grid,
+plus what is needed to map tokens back to pixels and frames of the source video.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+BRANCHES = ("cond", "uncond")
+
+
+@dataclass(frozen=True)
+class CaptureKey:
+    """Where one captured q/k pair came from."""
+
+    block: int
+    step: int
+    branch: str  # "cond" | "uncond"
+    sample: int  # index inside the branch's batch
+    chunk: int  # index into DitFeatures.chunk_frames (0 for a generation)
+
+
+@dataclass
+class QK:
+    """Per-head queries and keys of one forward's video tokens.
+
+    q, k: [heads, T, h, w, d] (T token frames on an h x w token grid).
+    sigma: the noise level of the forward.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    sigma: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.numel() * self.q.element_size() + self.k.numel() * self.k.element_size()
+
+
+@dataclass
+class DitFeatures:
+    """Captured q/k of chosen blocks and steps, with their geometry.
+
+    frame_size: (height, width) in pixels of the source frames.
+    frame_count: number of frames of the source video.
+    chunk_frames: for every chunk, the source-frame position of each of its
+        token frames (a float: native VAE encoding puts a latent frame between
+        source frames).
+    model: architecture name, for messages.
+    """
+
+    frame_size: tuple[int, int]
+    frame_count: int
+    chunk_frames: list[tuple[float, ...]]
+    model: str = ""
+    captures: dict[CaptureKey, QK] = field(default_factory=dict)
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(h, w) of the token grid."""
+        first = next(iter(self.captures.values()))
+        return tuple(first.q.shape[2:4])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(qk.nbytes for qk in self.captures.values())
+
+    def blocks(self) -> list[int]:
+        return sorted({key.block for key in self.captures})
+
+    def steps(self) -> list[int]:
+        return sorted({key.step for key in self.captures})
+
+    def select(self, block: int | None = None, step: int | None = None, branch: str = "cond",
+               sample: int = 0) -> list[tuple[tuple[float, ...], QK]]:
+        """The chunks of one (block, step, branch, sample), each as (frame positions, QK).
+
+        block/step None: the first captured one. Raises ValueError naming what
+        was captured when nothing matches.
+        """
+        if not self.captures:
+            raise ValueError("These features hold no captures (they were released or nothing was recorded).")
+        block = self.blocks()[0] if block is None else block
+        step = self.steps()[0] if step is None else step
+        chunks = sorted(
+            (key.chunk, qk) for key, qk in self.captures.items()
+            if (key.block, key.step, key.branch, key.sample) == (block, step, branch, sample)
+        )
+        if not chunks:
+            have = sorted({(k.block, k.step, k.branch, k.sample) for k in self.captures})
+            raise ValueError(
+                f"No capture for block {block}, step {step}, branch {branch!r}, sample {sample}. "
+                f"Captured (block, step, branch, sample): {have}"
+            )
+        return [(self.chunk_frames[index], qk) for index, qk in chunks]
+
+    def release(self) -> None:
+        """Drop every captured tensor so its memory can be reused."""
+        self.captures.clear()
+
+
+def latent_frame_positions(latent_frames: int, temporal_ratio: int) -> tuple[float, ...]:
+    """Source-frame position of each latent frame of a causal video VAE.
+
+    Latent frame 0 encodes source frame 0 alone; latent frame i >= 1 encodes
+    source frames (i-1)*r+1 .. i*r, whose centre is the position returned.
+    """
+    r = temporal_ratio
+    return tuple(0.0 if i == 0 else (i - 1) * r + 1 + (r - 1) / 2 for i in range(latent_frames))

@@ -1,0 +1,59 @@
+"""The query-rows-only, sliced cost against a brute-force full cost volume."""
+import math
+
+import pytest
+import torch
+
+from ditcorr import QK, point_cost, point_cost_over_video, sample_tokens
+
+
+def full_cost_volume(qk: QK, source: int, target: int, tau: float) -> torch.Tensor:
+    """Obviously-correct reference: every token of `source` against every token of `target`, [Ms, Md]."""
+    heads, _, h, w, d = qk.q.shape
+    flat = lambda t, f: t[:, f].reshape(heads, h * w, d).double()
+    forward = torch.stack([torch.softmax(flat(qk.q, source)[i] @ flat(qk.k, target)[i].T / tau, -1) for i in range(heads)]).mean(0)
+    backward = torch.stack([torch.softmax(flat(qk.q, target)[i] @ flat(qk.k, source)[i].T / tau, -1) for i in range(heads)]).mean(0)
+    return 0.5 * (forward + backward.T)
+
+
+def token_centres(h, w, rows, cols):
+    return torch.tensor([[2 * (c + 0.5) / w - 1, 2 * (r + 0.5) / h - 1] for r, c in zip(rows, cols)])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("slice_tokens", [4096, 7])
+def test_query_rows_equal_full_volume(seed, slice_tokens):
+    generator = torch.Generator().manual_seed(seed)
+    heads, frames, h, w, d = 3, 4, 5, 6, 16
+    qk = QK(torch.randn(heads, frames, h, w, d, generator=generator), torch.randn(heads, frames, h, w, d, generator=generator), 0.1)
+    rows, cols = torch.randint(0, h, (9,), generator=generator), torch.randint(0, w, (9,), generator=generator)
+    source, target = 1, 3
+    tau = [None, 2.5][seed % 2]
+    got = point_cost(qk, source, qk, target, token_centres(h, w, rows, cols), tau, slice_tokens=slice_tokens)
+    full = full_cost_volume(qk, source, target, math.sqrt(d) if tau is None else tau)
+    expected = full[rows * w + cols].reshape(-1, h, w)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sample_tokens_is_bilinear_between_centres():
+    grid = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)  # [C=1, h=2, w=3, d=4]
+    halfway = torch.tensor([[2 * 1.0 / 3 - 1, 0.0]])  # between columns 0 and 1, between rows 0 and 1
+    expected = grid[0, :, :2].mean(dim=(0, 1))
+    torch.testing.assert_close(sample_tokens(grid, halfway)[0, 0], expected)
+
+
+def test_video_cost_averages_over_chunks_holding_both_frames():
+    generator = torch.Generator().manual_seed(0)
+    make = lambda: QK(torch.randn(2, 3, 4, 4, 8, generator=generator), torch.randn(2, 3, 4, 4, 8, generator=generator), 0.1)
+    first, second = make(), make()
+    chunks = [((0.0, 1.0, 2.0), first), ((0.0, 2.0, 3.0), second)]
+    point = token_centres(4, 4, [1], [2])
+    positions, maps = point_cost_over_video(chunks, 0.0, point)
+    assert positions == [0.0, 1.0, 2.0, 3.0]
+    torch.testing.assert_close(maps[1], point_cost(first, 0, first, 1, point))
+    torch.testing.assert_close(maps[2], 0.5 * (point_cost(first, 0, first, 2, point) + point_cost(second, 0, second, 1, point)))
+    torch.testing.assert_close(maps[3], point_cost(second, 0, second, 2, point))
+    # a query on frame 1 shares only the first chunk; frame 3 never meets it
+    _, from_one = point_cost_over_video(chunks, 1.0, point)
+    assert torch.count_nonzero(from_one[3]) == 0
+    torch.testing.assert_close(from_one[0], point_cost(first, 1, first, 0, point))
