@@ -4,11 +4,11 @@ Nothing here imports ComfyUI; it needs torch only.
 """
 from .chunks import plan_chunks
 from .cost import point_cost, point_cost_over_video, sample_tokens
-from .features import BRANCHES, QK, CaptureKey, DitFeatures, latent_frame_positions
+from .features import BRANCHES, QK, CaptureKey, DitFeatures, latent_frame_positions, source_frame_count
 from .heatmap import colorize, render_heatmaps
 from .selection import parse_indices
 
 __all__ = [
     "BRANCHES", "QK", "CaptureKey", "DitFeatures", "colorize", "latent_frame_positions", "parse_indices",
-    "plan_chunks", "point_cost", "point_cost_over_video", "render_heatmaps", "sample_tokens",
+    "plan_chunks", "point_cost", "point_cost_over_video", "render_heatmaps", "sample_tokens", "source_frame_count",
 ]

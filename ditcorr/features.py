@@ -13,7 +13,7 @@ import torch
 BRANCHES = ("cond", "uncond")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class CaptureKey:
     """Where one captured q/k pair came from."""
 
@@ -111,3 +111,8 @@ def latent_frame_positions(latent_frames: int, temporal_ratio: int) -> tuple[flo
     """
     r = temporal_ratio
     return tuple(0.0 if i == 0 else (i - 1) * r + 1 + (r - 1) / 2 for i in range(latent_frames))
+
+
+def source_frame_count(latent_frames: int, temporal_ratio: int) -> int:
+    """Frames of the video a causal VAE decodes from `latent_frames` latent frames."""
+    return 1 + (latent_frames - 1) * temporal_ratio

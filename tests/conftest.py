@@ -6,24 +6,12 @@ collected and one line says so.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers: locate, hostlib
+from locate import COMFYUI, REPO  # noqa: E402
 
-
-def find_comfyui() -> Path | None:
-    candidates = [os.environ.get("COMFYUI_PATH"), REPO.parent.parent if REPO.parent.name == "custom_nodes" else None,
-                  Path.home() / "ComfyUI"]
-    for candidate in filter(None, candidates):
-        path = Path(candidate).expanduser().resolve()
-        if (path / "comfy" / "model_management.py").is_file() and (path / "main.py").is_file():
-            return path
-    return None
-
-
-COMFYUI = find_comfyui()
 sys.path.insert(0, str(REPO))  # the host-free core package `ditcorr` (never `nodes`: ComfyUI owns that name)
 
 collect_ignore_glob = [] if COMFYUI else ["host/*", "e2e/*"]

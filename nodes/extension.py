@@ -1,0 +1,12 @@
+"""The ComfyUI extension object listing this pack's nodes."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .capture_nodes import NODES
+
+
+class DiffTrackExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

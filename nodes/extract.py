@@ -1,0 +1,97 @@
+"""Features of a real video: encode frames, then one clean forward per chunk (DiffTrack §5.1-5.4)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import comfy.model_management
+import comfy.samplers
+
+from ..ditcorr import DitFeatures, latent_frame_positions, plan_chunks
+from .adapters import adapter_for
+from .capture import CaptureRequest, CaptureSession, ForwardStopped
+
+ENCODINGS = ("per_frame", "native")
+
+
+def encode_frames(vae, images: torch.Tensor, encoding: str,
+                  on_frame: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """Latent of a video and the source-frame position of each latent frame.
+
+    images: [F, H, W, 3] in [0, 1]. "per_frame" encodes every frame alone as a
+    one-frame video, so latent frame i is source frame i (DiffTrack); "native"
+    encodes the whole clip with the VAE's temporal compression.
+    Returns ([1, C, T, h, w], positions of the T latent frames).
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"Unknown encoding {encoding!r}; use one of {ENCODINGS}.")
+    if encoding == "native":
+        latent = vae.encode(images[..., :3])
+        on_frame()
+        ratio = max(1, round((images.shape[0] - 1) / max(latent.shape[2] - 1, 1)))
+        return latent, latent_frame_positions(latent.shape[2], ratio)
+    frames = []
+    for index in range(images.shape[0]):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        frames.append(vae.encode(images[index:index + 1, ..., :3]))
+        on_frame()
+    return torch.cat(frames, dim=2), tuple(float(i) for i in range(images.shape[0]))
+
+
+def _single_forward(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """A 'sampler' that only runs the model once at the first σ (the hooks do the rest)."""
+    return model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
+
+
+def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, ...], frame_size: tuple[int, int],
+                        frame_count: int, conditioning: list | None, blocks: list[int], sigma: float, seed: int = 0,
+                        frames_per_chunk: int = 13, reference_frame: int = 0, request: CaptureRequest | None = None,
+                        on_chunk: Callable[[], None] = lambda: None) -> DitFeatures:
+    """q/k of `blocks` for every chunk of a clean latent noised to `sigma`.
+
+    latent: [1, C, T, h, w] (not yet process_latent_in'ed, as a VAE returns it).
+    positions: source-frame position of each latent frame.
+    frame_size / frame_count: (height, width) and length of the source video.
+    conditioning: ComfyUI CONDITIONING, or None for the model family's zero context.
+    reference_frame: latent frame placed first in every chunk.
+    The user's model is not modified: the hook lives on a clone.
+    """
+    diffusion_model = patcher.get_model_object("diffusion_model")
+    adapter = adapter_for(diffusion_model)
+    if conditioning is None:
+        context, extra = adapter.zero_context(diffusion_model)
+        conditioning = [[context, extra]]
+    request = request or CaptureRequest()
+    request.stop_after_last_block = True
+    session = CaptureSession(adapter, diffusion_model, blocks, request)
+    model = patcher.clone()
+    session.install(model)
+
+    chunks = plan_chunks(latent.shape[2], frames_per_chunk, reference_frame)
+    features = DitFeatures(
+        frame_size=frame_size,
+        frame_count=frame_count,
+        chunk_frames=[tuple(positions[i] for i in chunk) for chunk in chunks],
+        model=adapter.name,
+    )
+    sampler = comfy.samplers.KSAMPLER(_single_forward)
+    sigmas = torch.tensor([float(sigma), 0.0])
+    generator = torch.Generator().manual_seed(seed)
+    for index, chunk in enumerate(chunks):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        chunk_latent = latent[:, :, chunk]
+        noise = torch.randn(chunk_latent.shape, generator=generator, dtype=torch.float32)
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(conditioning, conditioning)
+        guider.set_cfg(1.0)
+        session.chunk = index
+        try:
+            guider.sample(noise, chunk_latent, sampler, sigmas, seed=seed, disable_pbar=True)
+        except ForwardStopped:
+            pass
+        problem = session.missing()
+        if problem is not None:
+            raise RuntimeError(problem)
+        features.captures.update(session.captures)
+        on_chunk()
+    return features
