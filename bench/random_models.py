@@ -13,7 +13,7 @@ import torch
 # Tiny configs (CPU-fast) and the real sizes used by the benchmarks.
 CONFIGS = {
     "wan_tiny": ("WAN21_T2V", dict(image_model="wan2.1", dim=256, ffn_dim=512, num_heads=2, num_layers=4, in_dim=16,
-                                   out_dim=16, text_dim=64, text_len=8, freq_dim=256, patch_size=(1, 2, 2),
+                                   out_dim=16, freq_dim=256, patch_size=(1, 2, 2),
                                    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6, model_type="t2v")),
     "wan_1.3b": ("WAN21_T2V", dict(image_model="wan2.1", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, in_dim=16,
                                    out_dim=16, freq_dim=256, patch_size=(1, 2, 2), window_size=(-1, -1), qk_norm=True,
@@ -79,3 +79,20 @@ def random_model(name: str, dtype: torch.dtype = torch.float32, device: str = "c
     randomize_(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device), offload_device=torch.device("cpu"))
 
+
+
+def random_wan_vae_state_dict(dim: int = 8, seed: int = 0) -> dict:
+    """State dict of a Wan 2.1 VAE of base width `dim` with random weights (ComfyUI's VAE() detects it)."""
+    from comfy.ldm.wan.vae import WanVAE
+
+    vae = WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+    randomize_(vae, seed)
+    return vae.state_dict()
+
+
+def random_wan_vae(dim: int = 8, seed: int = 0):
+    """A ComfyUI VAE object around a random tiny Wan 2.1 VAE."""
+    import comfy.sd
+
+    return comfy.sd.VAE(sd=random_wan_vae_state_dict(dim, seed))
