@@ -52,10 +52,15 @@ CONFIGS = {
 
 @torch.no_grad()
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
-    """Fill every parameter with scale-aware random values (norm gains near 1, fan-in scaled matrices)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """Fill every parameter with scale-aware random values (norm gains near 1, fan-in scaled matrices).
+
+    Drawn on each parameter's own device, so a 14B model on a GPU fills in seconds.
+    """
+    generators = {}
     for name, param in module.named_parameters():
-        values = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+        if param.device not in generators:
+            generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
+        values = torch.randn(param.shape, generator=generators[param.device], dtype=torch.float32, device=param.device)
         if param.ndim >= 2:
             values /= math.sqrt(math.prod(param.shape[1:]))
         elif name.endswith(("weight", "scale")):

@@ -1,36 +1,18 @@
 """Loading ComfyUI and this pack for host tests, and tiny real models to run them on."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-from locate import COMFYUI, REPO
-
-PACK_NAME = "difftrack_pack"
+import comfy_host
+from locate import COMFYUI
 
 
 def load_host():
-    """Make ComfyUI importable (CPU unless a GPU is present) and import this pack as a package by path."""
-    if str(COMFYUI) not in sys.path:
-        sys.path.insert(0, str(COMFYUI))
-    sys.path.insert(0, str(REPO / "bench"))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
-    # GPU users run PyTorch's SDPA; CPU's default sub-quadratic backend mis-broadcasts LTXV text masks at batch > 1.
-    comfy.cli_args.args.use_pytorch_cross_attention = True
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK_NAME]
+    """ComfyUI importable, this pack imported as `difftrack_pack`."""
+    return comfy_host.load_host(COMFYUI)
 
 
-# name -> (random_models config, latent [C, T, H, W], hooked module path in a block)
+# name -> (random_models config, latent [C, T, H, W] of a test video)
 ARCHITECTURES = {
     "wan": ("wan_tiny", (16, 3, 8, 8)),
     "hunyuan_video": ("hunyuan_tiny", (16, 3, 8, 8)),

@@ -1,20 +1,11 @@
-"""Where this repository and the ComfyUI host are."""
+"""Where this repository and the ComfyUI host are (the one search rule lives in bench/comfy_host.py)."""
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def find_comfyui() -> Path | None:
-    candidates = [os.environ.get("COMFYUI_PATH"), REPO.parent.parent if REPO.parent.name == "custom_nodes" else None,
-                  Path.home() / "ComfyUI"]
-    for candidate in filter(None, candidates):
-        path = Path(candidate).expanduser().resolve()
-        if (path / "comfy" / "model_management.py").is_file() and (path / "main.py").is_file():
-            return path
-    return None
-
+sys.path.insert(0, str(REPO / "bench"))
+from comfy_host import find_comfyui  # noqa: E402
 
 COMFYUI = find_comfyui()

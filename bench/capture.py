@@ -1,0 +1,116 @@
+"""Cost of attention capture and of the early-stopping extraction path, on Wan 2.1 with random weights.
+
+    python bench/capture.py --size tiny|1.3b|14b --device cpu|cuda
+
+Prints one JSON line. All three timings go through ComfyUI's own sampling path
+(CFGGuider, cfg 1, one model call at σ), on the same latent and text context:
+  plain_s    the unpatched model
+  capture_s  the model patched by Attention Capture (one block, features kept on the device)
+  extract_s  the extraction path, which stops the forward after the captured block
+Each is the median of interleaved repeats, so drift hits all three alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+
+from comfy_host import find_comfyui, load_host
+
+# Wan 2.1 at 480x832, 81 frames: a [16, 21, 60, 104] latent, 21 x 30 x 52 = 32,760 tokens.
+SIZES = {
+    "tiny": dict(config="wan_tiny", latent=(16, 5, 16, 16), repeats=5, dtype=torch.float32),
+    "1.3b": dict(config="wan_1.3b", latent=(16, 21, 60, 104), repeats=5, dtype=torch.bfloat16),
+    "14b": dict(config="wan_14b", latent=(16, 21, 60, 104), repeats=3, dtype=torch.bfloat16),
+}
+SIGMA = 0.1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=list(SIZES), default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--block", type=int, default=None, help="block to capture (default: the middle one)")
+    args = parser.parse_args()
+    comfyui = find_comfyui()
+    if comfyui is None:
+        raise SystemExit("ComfyUI not found: set COMFYUI_PATH.")
+    load_host(comfyui)
+
+    import comfy.samplers
+    from random_models import random_model
+
+    from difftrack_pack.nodes.adapters import adapter_for
+    from difftrack_pack.nodes.capture import CaptureRequest, CaptureSession
+    from difftrack_pack.nodes.extract import _single_forward, extract_from_latent
+
+    size = SIZES[args.size]
+    cuda = args.device == "cuda"
+    model = random_model(size["config"], dtype=size["dtype"], device=args.device)
+    diffusion_model = model.get_model_object("diffusion_model")
+    adapter = adapter_for(diffusion_model)
+    block = adapter.block_count(diffusion_model) // 2 if args.block is None else args.block
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, *size["latent"], generator=generator)
+    noise = torch.randn(latent.shape, generator=generator)
+    context, extra = adapter.zero_context(diffusion_model)
+    conditioning = [[torch.randn(context.shape, generator=generator), extra]]
+    frames = latent.shape[2]
+
+    captured = CaptureSession(adapter, diffusion_model, [block], CaptureRequest(offload=False))
+    patched = model.clone()
+    captured.install(patched)
+
+    def forward(patcher):
+        guider = comfy.samplers.CFGGuider(patcher)
+        guider.set_conds(conditioning, conditioning)
+        guider.set_cfg(1.0)
+        guider.sample(noise, latent, comfy.samplers.KSAMPLER(_single_forward), torch.tensor([SIGMA, 0.0]),
+                      seed=0, disable_pbar=True)
+
+    def extract():
+        return extract_from_latent(model, latent, tuple(map(float, range(frames))), (8 * latent.shape[-2], 8 * latent.shape[-1]),
+                                   frames, conditioning, [block], SIGMA, frames_per_chunk=0,
+                                   request=CaptureRequest(offload=False))
+
+    def timed(run) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    runs = {"plain": lambda: forward(model), "capture": lambda: forward(patched), "extract": extract}
+    for run in runs.values():  # warm-up: model load, kernel selection
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(size["repeats"]):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    forward(patched)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    features_check = extract()
+    assert features_check.blocks() == [block]
+
+    plain, capture, extract_s = (statistics.median(times[name]) for name in runs)
+    print(json.dumps({
+        "model": f"wan2.1-{args.size}", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "tokens": latent.shape[2] * (latent.shape[3] // 2) * (latent.shape[4] // 2), "block": block,
+        "blocks_total": adapter.block_count(diffusion_model), "plain_s": round(plain, 4), "capture_s": round(capture, 4),
+        "overhead_ratio": round(capture / plain, 4), "captured_bytes": sum(qk.nbytes for qk in captured.captures.values()),
+        "peak_mem_gib": round(peak, 3), "extract_s": round(extract_s, 4), "extract_ratio": round(extract_s / plain, 4),
+        "repeats": size["repeats"], "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+    }))
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        main()

@@ -1,0 +1,44 @@
+"""Importing ComfyUI and this pack outside a ComfyUI process (tests and benchmarks)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_NAME = "difftrack_pack"
+
+
+def find_comfyui() -> Path | None:
+    """ComfyUI at $COMFYUI_PATH, else the parent of the custom_nodes/ holding this pack, else ~/ComfyUI."""
+    candidates = [os.environ.get("COMFYUI_PATH"), REPO.parent.parent if REPO.parent.name == "custom_nodes" else None,
+                  Path.home() / "ComfyUI"]
+    for candidate in filter(None, candidates):
+        path = Path(candidate).expanduser().resolve()
+        if (path / "comfy" / "model_management.py").is_file() and (path / "main.py").is_file():
+            return path
+    return None
+
+
+def load_host(comfyui: Path):
+    """Make ComfyUI at `comfyui` importable (CPU unless a GPU is present) and import this pack by path.
+
+    The pack is imported as a package named difftrack_pack (never by putting the
+    repository on sys.path: ComfyUI owns the top-level name `nodes`).
+    """
+    if str(comfyui) not in sys.path:
+        sys.path.insert(0, str(comfyui))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    # GPU users run PyTorch's SDPA; CPU's default sub-quadratic backend mis-broadcasts LTXV text masks at batch > 1.
+    comfy.cli_args.args.use_pytorch_cross_attention = True
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACK_NAME]
