@@ -12,13 +12,17 @@ def load_host():
     return comfy_host.load_host(COMFYUI)
 
 
-# name -> (random_models config, latent [C, T, H, W] of a test video)
+# name -> (random_models config, latent [C, T, H, W] of a test video, q/k reference of its family)
 ARCHITECTURES = {
-    "wan": ("wan_tiny", (16, 3, 8, 8)),
-    "hunyuan_video": ("hunyuan_tiny", (16, 3, 8, 8)),
-    "ltxv": ("ltxv_tiny", (128, 3, 4, 4)),
-    "mochi": ("mochi_tiny", (12, 3, 8, 8)),
-    "kandinsky5": ("kandinsky5_tiny", (16, 3, 8, 8)),
+    "wan": ("wan_tiny", (16, 3, 8, 8), "wan"),
+    "wan_i2v": ("wan_i2v_tiny", (16, 3, 8, 8), "wan"),
+    "wan_vace": ("wan_vace_tiny", (16, 3, 8, 8), "wan"),
+    "wan_camera": ("wan_camera_tiny", (16, 3, 8, 8), "wan"),
+    "hunyuan_video": ("hunyuan_tiny", (16, 3, 8, 8), "hunyuan_video"),
+    "hunyuan_video15": ("hunyuan15_tiny", (32, 3, 4, 4), "hunyuan_video"),
+    "ltxv": ("ltxv_tiny", (128, 3, 4, 4), "ltxv"),
+    "mochi": ("mochi_tiny", (12, 3, 8, 8), "mochi"),
+    "kandinsky5": ("kandinsky5_tiny", (16, 3, 8, 8), "kandinsky5"),
 }
 
 

@@ -82,14 +82,18 @@ def kandinsky5(block):
     return attention, reference
 
 
+REFERENCES = {"wan": wan, "hunyuan_video": hunyuan_video, "ltxv": ltxv, "mochi": mochi, "kandinsky5": kandinsky5}
+
+
 class Observer:
     """Records the reference q/k of one block for every forward."""
 
     def __init__(self, arch: str, diffusion_model, block_index: int):
         from difftrack_pack.nodes.adapters import adapter_for
+        from hostlib import ARCHITECTURES
         adapter = adapter_for(diffusion_model)
         block = getattr(diffusion_model, adapter.blocks_attribute)[block_index]
-        module, self._reference = globals()[arch](block)
+        module, self._reference = REFERENCES[ARCHITECTURES[arch][2]](block)
         self.forwards: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._handle = module.register_forward_pre_hook(self._observe, with_kwargs=True)
 

@@ -97,11 +97,12 @@ def test_cond_only_and_gpu_storage_in_the_models_dtype():
     assert features.frame_size == (64, 64) and features.frame_count == 9  # 3 latent frames of a 4x causal, 8x VAE
 
 
-def test_nothing_leaks_between_consecutive_runs():
-    patched, handle = capture(tiny_model("wan"), branches="cond")
-    first = collect(handle, sample(patched, "wan", seed=1))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nothing_leaks_between_consecutive_runs(arch):
+    patched, handle = capture(tiny_model(arch), branches="cond")
+    first = collect(handle, sample(patched, arch, seed=1))
     first_q = {key: qk.q.clone() for key, qk in first.captures.items()}
-    second, expected, _ = observed_run(patched, handle, "wan", seed=2)
+    second, expected, _ = observed_run(patched, handle, arch, seed=2)
     assert_match(second, expected, branches=("cond",))  # exactly the second run's tensors, nothing accumulated
     for key, qk in first.captures.items():  # and the first run's features were not touched by the second run
         assert torch.equal(qk.q, first_q[key])
@@ -113,9 +114,10 @@ class Boom(RuntimeError):
 
 
 @pytest.mark.parametrize("failure", ["error", "interrupt"])
-def test_no_patch_left_after_an_exception_inside_sampling(failure):
-    model = tiny_model("wan")
-    before = sample(model, "wan", seed=5)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_patch_left_after_an_exception_inside_sampling(arch, failure):
+    model = tiny_model(arch)
+    before = sample(model, arch, seed=5)
     patched, handle = capture(model)
 
     def fail(step, *args):
@@ -125,7 +127,7 @@ def test_no_patch_left_after_an_exception_inside_sampling(failure):
 
     expected = comfy.model_management.InterruptProcessingException if failure == "interrupt" else Boom
     with pytest.raises(expected):
-        sample(patched, "wan", seed=5, callback=fail)
+        sample(patched, arch, seed=5, callback=fail)
 
     diffusion_model = model.get_model_object("diffusion_model")
     assert "patches_replace" not in model.model_options.get("transformer_options", {})
@@ -133,6 +135,6 @@ def test_no_patch_left_after_an_exception_inside_sampling(failure):
     assert not model.object_patches and not model.model_options.get("transformer_options", {}).get("wrappers")
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in diffusion_model.modules())
     assert handle.session.forward is None
-    assert torch.equal(sample(model, "wan", seed=5), before)  # the user's model runs exactly as before
-    features = collect(handle, sample(patched, "wan", seed=5))  # and the patched one still captures cleanly
+    assert torch.equal(sample(model, arch, seed=5), before)  # the user's model runs exactly as before
+    features = collect(handle, sample(patched, arch, seed=5))  # and the patched one still captures cleanly
     assert len(features.captures) == 8
