@@ -48,8 +48,8 @@ class CaptureSession(AttentionHook):
     def on_run_start(self) -> None:
         # New containers, not cleared ones: features handed out earlier keep their tensors.
         self.captures: dict[CaptureKey, QK] = {}
-        self.steps_run: set[int | None] = set()
-        self.blocks_reached: set[tuple[int, int | None]] = set()
+        self.steps_run: set[int] = set()
+        self.blocks_reached: set[tuple[int, int]] = set()
 
     def wants(self, info: ForwardInfo) -> bool:
         steps, bounds = self.request.steps, self.request.sigma_range
@@ -81,7 +81,7 @@ class CaptureSession(AttentionHook):
             branch = BRANCH_OF_COND.get(info.cond_or_uncond[row // rows_per_cond])
             if branch not in self.request.branches:
                 continue
-            key = CaptureKey(call.block, info.step if info.step is not None else 0, branch, row % rows_per_cond, self.chunk)
+            key = CaptureKey(call.block, info.step, branch, row % rows_per_cond, self.chunk)
             if key in self.captures:  # a multi-stage sampler's later evaluation within the same step
                 continue
             stored = [torch.empty((heads, *info.grid, dim), device=device, dtype=dtype) for _ in range(2)]
@@ -91,18 +91,20 @@ class CaptureSession(AttentionHook):
 
     def missing(self) -> str | None:
         """Why nothing (or not everything asked for) was captured, or None when all is there."""
-        if self.request.steps is not None:
-            absent = [(b, s) for s in self.request.steps for b in self.blocks if (b, s) not in self.blocks_reached]
-        else:
-            absent = [(b, s) for s in sorted(self.steps_run, key=str) for b in self.blocks if (b, s) not in self.blocks_reached]
-        if self.captures and not absent:
+        steps = self.request.steps if self.request.steps is not None else sorted(self.steps_run)
+        never_run = [s for s in steps if s not in self.steps_run]
+        skipped = [(b, s) for s in steps if s in self.steps_run for b in self.blocks if (b, s) not in self.blocks_reached]
+        if self.captures and not never_run and not skipped:
             return None
         if not self.steps_run:
             return ("The capture saw no forward of the model at the requested steps/σ: connect Attention Capture's MODEL "
                     "to the sampler, and check that the chosen steps or σ range fall inside the sampler's schedule.")
-        if absent:
-            skipped = ", ".join(f"block {b} at step {s}" for b, s in absent[:6])
-            return (f"The model ran but never reached {skipped}: a step cache (EasyCache, TeaCache, MagCache, ...) "
+        if skipped:
+            listed = ", ".join(f"block {b} at step {s}" for b, s in skipped[:6])
+            return (f"The model ran but never reached {listed}: a step cache (EasyCache, TeaCache, MagCache, ...) "
                     "skipped those forwards. Remove or bypass the cache for the capture run, or choose other steps.")
-        return (f"The model ran at steps {sorted(self.steps_run, key=str)} but no rows of the requested branches "
+        if never_run:
+            return (f"Steps {never_run} never ran inside the σ range: the sampler's schedule is shorter. "
+                    "Choose steps inside the schedule.")
+        return (f"The model ran at steps {sorted(self.steps_run)} but no rows of the requested branches "
                 f"{list(self.request.branches)} were in its batches (with cfg = 1 there is no uncond row).")

@@ -1,6 +1,7 @@
 """Features of a real video: encode frames, then one clean forward per chunk (DiffTrack §5.1-5.4)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -61,8 +62,7 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
     if conditioning is None:
         context, extra = adapter.zero_context(diffusion_model)
         conditioning = [[context, extra]]
-    request = request or CaptureRequest()
-    request.stop_after_last_block = True
+    request = dataclasses.replace(request or CaptureRequest(), stop_after_last_block=True)
     session = CaptureSession(adapter, diffusion_model, blocks, request)
     model = patcher.clone()
     session.install(model)

@@ -35,7 +35,7 @@ class ForwardInfo:
     grid: tuple[int, int, int]  # (T, h, w) video token grid
     suffix_tokens: int  # image-stream tokens after the video tokens
     sigma: float
-    step: int | None  # index into the sampler's sigma schedule, None outside a sampler
+    step: int  # index into the sampler's sigma schedule (0 outside a sampler)
     cond_or_uncond: list[int]  # one entry (0 cond, 1 uncond) per equal chunk of batch rows
     batch: int
 
@@ -73,10 +73,13 @@ class SelfAttentionCall:
         return self._heads_first(self.args[2])
 
 
-def step_index(sample_sigmas: torch.Tensor | None, sigma: float) -> int | None:
-    """Index of the schedule step a σ belongs to (sub-step evaluations count for the step they start)."""
+def step_index(sample_sigmas: torch.Tensor | None, sigma: float) -> int:
+    """Index of the schedule step a σ belongs to (sub-step evaluations count for the step they start).
+
+    A forward outside a sampler (no schedule) counts as step 0.
+    """
     if sample_sigmas is None:
-        return None
+        return 0
     at_or_above = (sample_sigmas.float().cpu() >= sigma * (1 - 1e-5) - 1e-7).nonzero()
     return int(at_or_above[-1]) if len(at_or_above) else 0
 
@@ -100,6 +103,7 @@ class AttentionHook:
         self.diffusion_model = diffusion_model
         self.blocks = sorted(blocks)
         self.forward: ForwardInfo | None = None
+        self._blocks_seen: set[int] = set()  # blocks already dispatched in this forward (block_index scoping)
 
     def __deepcopy__(self, memo):
         return self
@@ -147,7 +151,7 @@ class AttentionHook:
             cond_or_uncond=list(transformer_options.get("cond_or_uncond", [0])),
             batch=x.shape[0],
         )
-        self._blocks_seen: set[int] = set()
+        self._blocks_seen = set()
         self.on_forward(self.forward)
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

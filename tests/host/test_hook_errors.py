@@ -52,6 +52,12 @@ def test_steps_outside_the_schedule_say_so():
         collect(handle, sample(patched, "wan", steps=2))
 
 
+def test_steps_partly_outside_the_schedule_say_which():
+    patched, handle = capture(tiny_model("wan"), steps="1, 7")
+    with pytest.raises(RuntimeError, match=r"Steps \[7\] never ran inside the σ range: the sampler's schedule is shorter"):
+        collect(handle, sample(patched, "wan", steps=2))
+
+
 def test_step_cache_skipping_forwards_is_named():
     patched, handle = capture(tiny_model("wan"))
     cached = node_output(EasyCacheNode.execute(patched, reuse_threshold=3.0, start_percent=0.0, end_percent=1.0, verbose=False))[0]
