@@ -73,6 +73,11 @@ class SelfAttentionCall:
         return self._heads_first(self.args[2])
 
 
+def call_through(previous: Callable | None, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Run the attention backend, through the override another node installed before us if there is one."""
+    return previous(func, *args, **kwargs) if previous else func(*args, **kwargs)
+
+
 def step_index(sample_sigmas: torch.Tensor | None, sigma: float) -> int:
     """Index of the schedule step a σ belongs to (sub-step evaluations count for the step they start).
 
@@ -171,7 +176,7 @@ class AttentionHook:
 
     def _dispatch(self, block: int, info: ForwardInfo, video: slice, previous: Callable | None,
                   func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        run = (lambda: previous(func, *args, **kwargs)) if previous else (lambda: func(*args, **kwargs))
+        run = lambda: call_through(previous, func, args, kwargs)  # noqa: E731
         return self.on_self_attention(SelfAttentionCall(block, info, video, func, args, kwargs, run))
 
     def _block_patch(self, block: int, previous_patch: Callable | None) -> Callable:
@@ -194,7 +199,7 @@ class AttentionHook:
             nonlocal calls
             calls += 1
             if calls > 1:  # cross-attention and later calls of the block pass through
-                return previous(func, *args, **kwargs) if previous else func(*args, **kwargs)
+                return call_through(previous, func, args, kwargs)
             return self._dispatch(block, info, video, previous, func, args, kwargs)
         return override
 
@@ -205,7 +210,7 @@ class AttentionHook:
             info = self.forward
             block = kwargs.get("transformer_options", {}).get("block_index")
             if info is None or block not in self.blocks or block in self._blocks_seen:
-                return previous(func, *args, **kwargs) if previous else func(*args, **kwargs)
+                return call_through(previous, func, args, kwargs)
             self._blocks_seen.add(block)
             tokens = args[0].shape[2 if kwargs.get("skip_reshape", False) else 1]
             return self._dispatch(block, info, self._video_span(block, info, tokens), previous, func, args, kwargs)
