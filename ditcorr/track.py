@@ -1,0 +1,199 @@
+"""Zero-shot point tracking from captured queries and keys (DiffTrack, with a better read-out).
+
+For each query point (x, y on source frame t) and every other frame, the
+symmetric cost of the point's query row is averaged over the chunks holding
+both frames and over the fused (block, step) selections, then read out:
+  argmax   the best token's centre (published behaviour, token-quantised)
+  refined  soft-argmax of the cost in a window around the argmax (sub-token)
+A point is visible where tracking it back lands near where it started
+(forward-backward cycle) and the cost peak stands out from a flat map.
+Token frames of a natively encoded video sit between source frames; tracks are
+interpolated to every source frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cost import point_cost
+from .features import QK
+
+Chunks = list[tuple[tuple[float, ...], QK]]
+READOUTS = ("argmax", "refined")
+
+
+@dataclass
+class Tracks:
+    """path: [T, N, 2] (x, y) pixels; visible: [T, N] bool; confidence: [T, N] peak cost over a flat map."""
+
+    path: torch.Tensor
+    visible: torch.Tensor
+    confidence: torch.Tensor
+
+
+@dataclass
+class TrackSettings:
+    readout: str = "refined"
+    window: int = 2  # soft-argmax half-width in tokens: (2w+1)^2 tokens
+    temperature: float | None = None  # softmax temperature, sqrt(head dim) when None
+    cycle_tolerance: float = 1.0  # tokens a point may miss its start when tracked back
+    min_confidence: float = 3.0  # cost peak over a flat map (1.0) below which a point counts as occluded
+    point_batch: int = 1024  # query rows per cost computation
+
+
+def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-grid position of each map's peak.
+
+    cost: [N, h, w] non-negative. Returns (positions [N, 2] as (column, row) in
+    token units, token centres at integers; peak value [N]).
+    """
+    if readout not in READOUTS:
+        raise ValueError(f"Unknown read-out {readout!r}; use one of {READOUTS}.")
+    n, h, w = cost.shape
+    peak, flat = cost.reshape(n, -1).max(dim=1)
+    row, col = (flat // w).float(), (flat % w).float()
+    if readout == "argmax" or window < 1:
+        return torch.stack([col, row], dim=1), peak
+    # The window shrinks at the grid's border so that it stays symmetric: a clipped window would pull the estimate inward.
+    offsets = torch.arange(-window, window + 1, device=cost.device, dtype=torch.float32)
+    reach_r = torch.minimum(row, h - 1 - row).clamp(max=window)[:, None]
+    reach_c = torch.minimum(col, w - 1 - col).clamp(max=window)[:, None]
+    rows = (row[:, None] + offsets).clamp(0, h - 1)  # [N, K]
+    cols = (col[:, None] + offsets).clamp(0, w - 1)
+    index = rows.long()[:, :, None] * w + cols.long()[:, None, :]  # [N, K, K]
+    weights = cost.reshape(n, -1).gather(1, index.reshape(n, -1)).reshape(index.shape).float()
+    weights = weights * ((offsets.abs() <= reach_r)[:, :, None] & (offsets.abs() <= reach_c)[:, None, :])
+    total = weights.sum(dim=(1, 2)).clamp(min=1e-12)
+    refined_row = (weights.sum(dim=2) * rows).sum(dim=1) / total
+    refined_col = (weights.sum(dim=1) * cols).sum(dim=1) / total
+    return torch.stack([refined_col, refined_row], dim=1), peak
+
+
+def pixels_to_grid(points: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """(x, y) pixels -> (x, y) in [-1, 1] (frame edges), as sample_tokens takes them."""
+    height, width = frame_size
+    scale = torch.tensor([2.0 / width, 2.0 / height], device=points.device)
+    return points * scale - 1
+
+
+def tokens_to_pixels(positions: torch.Tensor, grid: tuple[int, int], frame_size: tuple[int, int]) -> torch.Tensor:
+    """(column, row) token units (centres at integers) -> (x, y) pixels."""
+    (h, w), (height, width) = grid, frame_size
+    return (positions + 0.5) * torch.tensor([width / w, height / h], device=positions.device)
+
+
+def _frame_index(frames: tuple[float, ...], position: float) -> int | None:
+    return frames.index(position) if position in frames else None
+
+
+def _mean_cost(selections: list[Chunks], source: float, target: float, points: torch.Tensor,
+               temperature: float | None) -> torch.Tensor | None:
+    """Cost of points on `source` against `target`, averaged over every chunk of every selection holding both."""
+    total, count = None, 0
+    for chunks in selections:
+        for frames, qk in chunks:
+            s, t = _frame_index(frames, source), _frame_index(frames, target)
+            if s is None or t is None:
+                continue
+            cost = point_cost(qk, s, qk, t, points.to(qk.q.device), temperature)
+            total = cost if total is None else total + cost
+            count += 1
+    return None if total is None else total / count
+
+
+def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
+                 settings: TrackSettings = TrackSettings()) -> Tracks:
+    """Track query points through a video.
+
+    selections: one chunk list per fused (block, step) capture, as
+        DitFeatures.select returns; all with the same chunk layout.
+    queries: [N, 3] (x, y, frame) with x, y in pixels of frame_size and the
+        query frame a source-frame index.
+    Returns Tracks over all `frame_count` source frames.
+    """
+    positions, tracks = track_token_frames(selections, queries, frame_size, frame_count, settings)
+    return _to_source_frames(positions, tracks, queries, frame_count)
+
+
+def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
+                       settings: TrackSettings = TrackSettings()) -> tuple[list[float], Tracks]:
+    """Tracks on the token frames the model saw: (their source-frame positions, Tracks [T_tokens, N]).
+
+    Each query is tracked from the token frame nearest its own frame, where it
+    is placed; track_points moves tracks onto source frames.
+    """
+    if queries.ndim != 2 or queries.shape[1] != 3 or queries.shape[0] == 0:
+        raise ValueError("Queries must be a non-empty [N, 3] tensor of (x, y, frame).")
+    height, width = frame_size
+    x, y, frame = queries[:, 0], queries[:, 1], queries[:, 2]
+    if ((x < 0) | (x >= width) | (y < 0) | (y >= height)).any():
+        bad = int(((x < 0) | (x >= width) | (y < 0) | (y >= height)).nonzero()[0])
+        raise ValueError(f"Point {bad} ({float(x[bad]):g}, {float(y[bad]):g}) is outside the {width}x{height} frame.")
+    if ((frame < 0) | (frame > frame_count - 1)).any():
+        bad = int(((frame < 0) | (frame > frame_count - 1)).nonzero()[0])
+        raise ValueError(f"Point {bad} is on frame {float(frame[bad]):g}, outside the video's {frame_count} frames.")
+
+    first = selections[0][0][1]
+    grid = tuple(first.q.shape[2:4])
+    device = first.q.device
+    positions = sorted({p for chunks in selections for frames, _ in chunks for p in frames})
+    n = queries.shape[0]
+    path = torch.zeros(len(positions), n, 2, device=device)
+    confidence = torch.zeros(len(positions), n, device=device)
+    visible = torch.zeros(len(positions), n, dtype=torch.bool, device=device)
+    flat = 1.0 / (grid[0] * grid[1])
+
+    for query_frame in frame.unique().tolist():
+        anchor = min(positions, key=lambda p: abs(p - query_frame))
+        members = (frame == query_frame).nonzero()[:, 0]
+        for start in range(0, len(members), settings.point_batch):
+            rows = members[start:start + settings.point_batch].to(device)
+            start_px = queries[rows.cpu(), :2].to(device)
+            start_grid = pixels_to_grid(start_px, frame_size)
+            for slot, position in enumerate(positions):
+                if position == anchor:
+                    path[slot, rows], visible[slot, rows], confidence[slot, rows] = start_px, True, 1.0 / flat
+                    continue
+                forward = _mean_cost(selections, anchor, position, start_grid, settings.temperature)
+                if forward is None:
+                    raise ValueError(
+                        f"Frame {position:g} shares no chunk with query frame {anchor:g}: extract the features with "
+                        f"reference_frame {anchor:g} (or frames_per_chunk 0), or let Track Points extract them.")
+                found, peak = read_out(forward, settings.readout, settings.window)
+                found_px = tokens_to_pixels(found, grid, frame_size)
+                backward = _mean_cost(selections, position, anchor, pixels_to_grid(found_px, frame_size), settings.temperature)
+                returned, _ = read_out(backward, settings.readout, settings.window)
+                start_tokens = start_px / torch.tensor([width / grid[1], height / grid[0]], device=device) - 0.5
+                miss = (returned - start_tokens).norm(dim=1)
+                path[slot, rows] = found_px
+                confidence[slot, rows] = peak / flat
+                visible[slot, rows] = (miss <= settings.cycle_tolerance) & (peak / flat >= settings.min_confidence)
+    return positions, Tracks(path, visible, confidence)
+
+
+def _to_source_frames(positions: list[float], tracks: Tracks, queries: torch.Tensor, frame_count: int) -> Tracks:
+    """Tracks on every source frame, linear in time between (and beyond) token frames.
+
+    Each track is then shifted so it passes exactly through its query point on
+    the query's own frame: a query between two latent frames was tracked from
+    the nearest one, and for locally uniform motion the shift makes that exact.
+    """
+    device = tracks.path.device
+    times = torch.tensor(positions, device=device)
+    frames = torch.arange(frame_count, device=device, dtype=torch.float32)
+    if len(positions) == 1:
+        path = tracks.path.expand(frame_count, -1, -1).clone()
+        nearest = torch.zeros(frame_count, dtype=torch.long, device=device)
+    else:
+        after = torch.searchsorted(times, frames).clamp(1, len(positions) - 1)
+        before = after - 1
+        weight = ((frames - times[before]) / (times[after] - times[before]))[:, None, None]  # < 0 or > 1 outside: extrapolate
+        path = tracks.path[before] * (1 - weight) + tracks.path[after] * weight
+        nearest = torch.where(weight[:, 0, 0] < 0.5, before, after)
+    columns = torch.arange(queries.shape[0], device=device)
+    on_query = queries[:, 2].round().long().to(device)
+    path = path + (queries[:, :2].to(device) - path[on_query, columns])[None]
+    visible, confidence = tracks.visible[nearest].clone(), tracks.confidence[nearest]
+    visible[on_query, columns] = True
+    return Tracks(path, visible, confidence)
