@@ -11,6 +11,7 @@ the most opaque wins, so a trail's fading survives its own overlapping stamps.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -95,13 +96,14 @@ def _digit_stamps(number: int, anchor: torch.Tensor, cell: float) -> torch.Tenso
 
 def draw_tracks(frames: torch.Tensor, path: torch.Tensor, visible: torch.Tensor, trail: int = 16,
                 radius: float | None = None, line_width: float | None = None, show_ids: bool = False,
-                opacity: float = 1.0) -> torch.Tensor:
+                opacity: float = 1.0, on_frame: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Frames with the tracks drawn on them.
 
     frames: [T, H, W, 3] in [0, 1]; path: [T, N, 2] (x, y) pixels; visible:
     [T, N] bool. trail: how many past frames a trail spans. radius /
     line_width: marker radius and trail width in pixels (default: from the
-    frame size). Returns [T, H, W, 3] float32.
+    frame size). on_frame: called after each frame (progress, cancellation).
+    Returns [T, H, W, 3] float32.
     """
     if frames.shape[0] != path.shape[0]:
         raise ValueError(f"The video has {frames.shape[0]} frames but the tracks have {path.shape[0]}: "
@@ -145,4 +147,5 @@ def draw_tracks(frames: torch.Tensor, path: torch.Tensor, visible: torch.Tensor,
                 frame = _over(frame, _rasterise(height, width, cells, torch.full((k,), cell / 2), colours[n].expand(k, 3),
                                                 torch.full((k,), opacity), shape="square"))
         out.append(frame.clamp(0, 1))
+        on_frame()
     return torch.stack(out)

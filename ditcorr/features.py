@@ -98,6 +98,13 @@ class DitFeatures:
             )
         return [(self.chunk_frames[index], qk) for index, qk in chunks]
 
+    def select_many(self, blocks: list[int] | None = None, steps: list[int] | None = None, branch: str = "cond",
+                    sample: int = 0) -> list[list[tuple[tuple[float, ...], QK]]]:
+        """One chunk list per (block, step) to fuse; None = every captured block / step."""
+        return [self.select(block, step, branch, sample)
+                for block in (blocks if blocks is not None else self.blocks())
+                for step in (steps if steps is not None else self.steps())]
+
     def release(self) -> None:
         """Drop every captured tensor so its memory can be reused."""
         self.captures.clear()

@@ -65,7 +65,7 @@ def grid_points(count: int, frame_size: tuple[int, int], mask: torch.Tensor | No
 
 def to_comfy_tracks(tracks: Tracks) -> dict:
     """ComfyUI's TRACKS: track_path [T, N, 2] float pixels, track_visibility [T, N] bool (as core WanMove reads)."""
-    return {"track_path": tracks.path.float().cpu(), "track_visibility": tracks.visible.bool().cpu()}
+    return {"track_path": tracks.path.detach().float().cpu(), "track_visibility": tracks.visible.bool().cpu()}
 
 
 def tracks_to_json(path: torch.Tensor) -> str:
@@ -76,7 +76,7 @@ def tracks_to_json(path: torch.Tensor) -> str:
 def tracks_to_npz(path: torch.Tensor, visible: torch.Tensor) -> bytes:
     """TAP-Vid / CoTracker layout: tracks [N, T, 2] (x, y), occluded [N, T]."""
     buffer = io.BytesIO()
-    np.savez(buffer, tracks=path.permute(1, 0, 2).float().numpy(), occluded=~visible.T.bool().numpy())
+    np.savez(buffer, tracks=path.detach().permute(1, 0, 2).float().cpu().numpy(), occluded=~visible.T.bool().cpu().numpy())
     return buffer.getvalue()
 
 

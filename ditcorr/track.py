@@ -13,6 +13,7 @@ interpolated to every source frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -103,21 +104,23 @@ def _mean_cost(selections: list[Chunks], source: float, target: float, points: t
 
 
 def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
-                 settings: TrackSettings = TrackSettings()) -> Tracks:
+                 settings: TrackSettings = TrackSettings(), on_frame: Callable[[], None] = lambda: None) -> Tracks:
     """Track query points through a video.
 
     selections: one chunk list per fused (block, step) capture, as
         DitFeatures.select returns; all with the same chunk layout.
     queries: [N, 3] (x, y, frame) with x, y in pixels of frame_size and the
         query frame a source-frame index.
+    on_frame: called after each (query frame, target frame) pair: progress, cancellation.
     Returns Tracks over all `frame_count` source frames.
     """
-    positions, tracks = track_token_frames(selections, queries, frame_size, frame_count, settings)
+    positions, tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame)
     return _to_source_frames(positions, tracks, queries, frame_count)
 
 
 def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
-                       settings: TrackSettings = TrackSettings()) -> tuple[list[float], Tracks]:
+                       settings: TrackSettings = TrackSettings(),
+                       on_frame: Callable[[], None] = lambda: None) -> tuple[list[float], Tracks]:
     """Tracks on the token frames the model saw: (their source-frame positions, Tracks [T_tokens, N]).
 
     Each query is tracked from the token frame nearest its own frame, where it
@@ -169,6 +172,7 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
                 path[slot, rows] = found_px
                 confidence[slot, rows] = peak / flat
                 visible[slot, rows] = (miss <= settings.cycle_tolerance) & (peak / flat >= settings.min_confidence)
+                on_frame()
     return positions, Tracks(path, visible, confidence)
 
 

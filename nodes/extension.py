@@ -3,10 +3,11 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
-from .capture_nodes import NODES
+from .capture_nodes import NODES as CAPTURE_NODES
+from .track_nodes import NODES as TRACK_NODES
 
 
 class DiffTrackExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
+        return [*CAPTURE_NODES, *TRACK_NODES]

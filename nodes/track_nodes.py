@@ -1,0 +1,212 @@
+"""Nodes for point tracking: track clicked points, draw the tracks, save them."""
+from __future__ import annotations
+
+import os
+
+import torch
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..ditcorr import parse_indices, plan_chunks
+from ..ditcorr.draw import draw_tracks
+from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
+from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
+from .adapters import adapter_for
+from .capture_nodes import BLOCKS_TOOLTIP, CATEGORY, DitFeaturesType
+from .extract import ENCODINGS, encode_frames, extract_from_latent
+from .options import capture_request, choose_blocks
+
+POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
+                  '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
+
+
+def progress_step(bar: comfy.utils.ProgressBar):
+    """A callback for core loops: advance the node's progress bar, stop when the user cancels."""
+    def step():
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update(1)
+    return step
+
+
+def visibility_mask(tracks: Tracks, frame_size: tuple[int, int], radius: float) -> torch.Tensor:
+    """[T, H, W] mask with a disc at every visible track point."""
+    height, width = frame_size
+    ys = torch.arange(height).float()[:, None] + 0.5
+    xs = torch.arange(width).float()[None, :] + 0.5
+    mask = torch.zeros(tracks.path.shape[0], height, width)
+    for t in range(tracks.path.shape[0]):
+        for x, y in tracks.path[t, tracks.visible[t]].tolist():
+            mask[t] = torch.maximum(mask[t], (((xs - x) ** 2 + (ys - y) ** 2) <= radius ** 2).float())
+    return mask
+
+
+def merge(parts: list[tuple[torch.Tensor, Tracks]], count: int) -> Tracks:
+    """Tracks of query subsets (row indices, Tracks) back in the original query order."""
+    frames = parts[0][1].path.shape[0]
+    path, visible, confidence = torch.zeros(frames, count, 2), torch.zeros(frames, count, dtype=torch.bool), torch.zeros(frames, count)
+    for rows, tracks in parts:
+        path[:, rows], visible[:, rows], confidence[:, rows] = tracks.path.cpu(), tracks.visible.cpu(), tracks.confidence.cpu()
+    return Tracks(path, visible, confidence)
+
+
+class TrackPoints(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffTrackTrackPoints",
+            display_name="Track Points (DiffTrack)",
+            category=CATEGORY,
+            description=("Tracks points through a video with the video DiT's own attention (DiffTrack): from captured "
+                         "features, or from MODEL + VAE + images (then features are extracted per query frame). "
+                         "Outputs ComfyUI TRACKS (core WanMove nodes read them), a visibility mask and coordinates."),
+            inputs=[
+                io.String.Input("points", multiline=True, default='[{"x": 64, "y": 64}]', tooltip=POINTS_TOOLTIP),
+                io.Int.Input("grid_size", default=0, min=0, max=256,
+                             tooltip="0: track `points`. N > 0: track an N x N grid (inside `mask` if connected) instead."),
+                io.Int.Input("query_frame", default=0, min=0, max=100000,
+                             tooltip="Frame of the grid, and of points given without a frame."),
+                io.Combo.Input("readout", options=list(READOUTS), default="refined",
+                               tooltip="argmax: the best token's centre (published DiffTrack, 16-px steps on Wan). "
+                                       "refined: soft-argmax around it, sub-token precision."),
+                io.Int.Input("window", default=2, min=0, max=8,
+                             tooltip="refined: half-width of the soft-argmax window, in tokens."),
+                io.Float.Input("cycle_tolerance", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="A point is occluded when tracking it back misses its start by more tokens than this."),
+                io.Float.Input("min_confidence", default=3.0, min=0.0, max=1000.0, step=0.1,
+                               tooltip="A point is occluded when its cost peak is lower than this many times a flat map."),
+                io.Float.Input("temperature", default=0.0, min=0.0, max=1000.0, step=0.01,
+                               tooltip="Softmax temperature of q·k/τ; 0 = √(head dim)."),
+                io.String.Input("blocks", default="auto",
+                                tooltip=BLOCKS_TOOLTIP + " With features: which captured blocks to fuse ('auto' = all)."),
+                io.Float.Input("sigma", default=0.1, min=0.001, max=1.0, step=0.001,
+                               tooltip="When extracting: noise level of the forward (0.02-0.2 works best)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="When extracting: seed of that noise."),
+                io.Combo.Input("encoding", options=list(ENCODINGS), default="per_frame",
+                               tooltip="When extracting: per_frame (a latent per frame, DiffTrack) or native (VAE time compression; tracks interpolated)."),
+                io.Int.Input("frames_per_chunk", default=13, min=0, max=1024,
+                             tooltip="When extracting: latent frames per forward (the query frame + strided others); 0 = all at once."),
+                DitFeaturesType.Input("features", optional=True, tooltip="Features to track with (from Extract Features)."),
+                io.Model.Input("model", optional=True, tooltip="Without features: the video DiT to extract features with."),
+                io.Vae.Input("vae", optional=True, tooltip="Without features: the model's VAE."),
+                io.Image.Input("images", optional=True, tooltip="The video. Needed without features; with features, checked against them."),
+                io.Conditioning.Input("conditioning", optional=True, tooltip="When extracting: an empty prompt (else a zero context)."),
+                io.Mask.Input("mask", optional=True, tooltip="Restricts the grid to where the mask is set (its query frame)."),
+            ],
+            outputs=[
+                io.Tracks.Output(display_name="tracks"),
+                io.Mask.Output(display_name="visibility", tooltip="Per frame, a disc at each visible point."),
+                io.String.Output(display_name="coordinates", tooltip="Tracks as JSON point lists (WanMoveTracksFromCoords, KJNodes, ATI)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, points, grid_size, query_frame, readout, window, cycle_tolerance, min_confidence, temperature, blocks,
+                sigma, seed, encoding, frames_per_chunk, features=None, model=None, vae=None, images=None,
+                conditioning=None, mask=None) -> io.NodeOutput:
+        if features is None and (model is None or vae is None or images is None):
+            raise ValueError("Connect either features (from Extract Features) or model, vae and images.")
+        frame_size = tuple(images.shape[1:3]) if images is not None else features.frame_size
+        frame_count = images.shape[0] if images is not None else features.frame_count
+        if features is not None and images is not None and images.shape[0] != features.frame_count:
+            raise ValueError(f"The images have {images.shape[0]} frames but the features were extracted from "
+                             f"{features.frame_count}: connect the same video.")
+        if grid_size > 0:
+            queries = grid_points(grid_size, frame_size, None if mask is None else mask[min(query_frame, mask.shape[0] - 1)], query_frame)
+        else:
+            queries = parse_points(points, default_frame=query_frame)
+        settings = TrackSettings(readout=readout, window=window, temperature=temperature or None,
+                                 cycle_tolerance=cycle_tolerance, min_confidence=min_confidence)
+        groups = [(frame, (queries[:, 2] == frame).nonzero()[:, 0]) for frame in queries[:, 2].unique().tolist()]
+
+        if features is not None:
+            fused = None if blocks.strip().lower() in ("auto", "all") else parse_indices(blocks, "block")
+            bar = comfy.utils.ProgressBar(len({p for frames in features.chunk_frames for p in frames}) * len(groups))
+            tracks = track_points(features.select_many(fused), queries, frame_size, frame_count, settings, progress_step(bar))
+        else:
+            diffusion_model = model.get_model_object("diffusion_model")
+            chosen = choose_blocks(blocks, adapter_for(diffusion_model), diffusion_model)
+            encoded = comfy.utils.ProgressBar(images.shape[0] if encoding == "per_frame" else 1)
+            latent, positions = encode_frames(vae, images, encoding, on_frame=progress_step(encoded))
+            request = capture_request("all", 0.0, 1000.0, "cond", "model", "gpu")
+            parts = []
+            for frame, rows in groups:
+                reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
+                chunks = comfy.utils.ProgressBar(len(plan_chunks(latent.shape[2], frames_per_chunk, reference)))
+                extracted = extract_from_latent(model, latent, positions, frame_size, frame_count, conditioning, chosen,
+                                                sigma, seed, frames_per_chunk, reference, request, progress_step(chunks))
+                bar = comfy.utils.ProgressBar(len(positions))
+                parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
+                                                 settings, progress_step(bar))))
+                extracted.release()
+            tracks = merge(parts, queries.shape[0])
+        radius = max(2.0, min(frame_size) / 90)
+        return io.NodeOutput(to_comfy_tracks(tracks), visibility_mask(tracks, frame_size, radius), tracks_to_json(tracks.path))
+
+
+class DrawTracks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffTrackDrawTracks",
+            display_name="Draw Tracks (DiffTrack)",
+            category=CATEGORY,
+            description="Draws tracks on the video: fading trails, a colour per point, hollow markers while occluded.",
+            inputs=[
+                io.Image.Input("images", tooltip="The frames the tracks were computed on."),
+                io.Tracks.Input("tracks", tooltip="From Track Points (or any node giving ComfyUI TRACKS)."),
+                io.Int.Input("trail", default=16, min=1, max=1000, tooltip="How many past frames each trail spans."),
+                io.Float.Input("radius", default=0.0, min=0.0, max=100.0, step=0.5, tooltip="Marker radius in pixels; 0 = from the frame size."),
+                io.Float.Input("line_width", default=0.0, min=0.0, max=100.0, step=0.5, tooltip="Trail width in pixels; 0 = from the radius."),
+                io.Boolean.Input("show_ids", default=False, tooltip="Write each point's number next to it."),
+                io.Float.Input("opacity", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="Opacity of everything drawn."),
+            ],
+            outputs=[io.Image.Output(display_name="images")],
+        )
+
+    @classmethod
+    def execute(cls, images, tracks, trail, radius, line_width, show_ids, opacity) -> io.NodeOutput:
+        bar = comfy.utils.ProgressBar(images.shape[0])
+        drawn = draw_tracks(images, tracks["track_path"], tracks["track_visibility"], trail, radius or None,
+                            line_width or None, show_ids, opacity, progress_step(bar))
+        return io.NodeOutput(drawn)
+
+
+SAVE_FORMATS = {"json": ("json", lambda p, v: tracks_to_json(p).encode()), "npz": ("npz", tracks_to_npz),
+                "csv": ("csv", lambda p, v: tracks_to_csv(p, v).encode())}
+
+
+class SaveTracks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffTrackSaveTracks",
+            display_name="Save Tracks (DiffTrack)",
+            category=CATEGORY,
+            description=("Writes tracks to the output folder: JSON point lists (KJNodes, ATI, WanMove), npz in TAP-Vid "
+                         "layout (tracks [N, T, 2], occluded [N, T]) or CSV."),
+            inputs=[
+                io.Tracks.Input("tracks", tooltip="From Track Points."),
+                io.String.Input("filename_prefix", default="difftrack/tracks", tooltip="File name prefix inside the output folder."),
+                io.Combo.Input("format", options=[*SAVE_FORMATS, "all"], default="all", tooltip="Which file(s) to write."),
+            ],
+            outputs=[io.String.Output(display_name="coordinates", tooltip="The tracks as JSON point lists.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, tracks, filename_prefix, format) -> io.NodeOutput:
+        path, visible = tracks["track_path"], tracks["track_visibility"]
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+        written = []
+        for key in (SAVE_FORMATS if format == "all" else [format]):
+            extension, encode = SAVE_FORMATS[key]
+            filename = f"{name}_{counter:05}_.{extension}"
+            with open(os.path.join(folder, filename), "wb") as file:
+                file.write(encode(path, visible))
+            written.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+        return io.NodeOutput(tracks_to_json(path), ui={"tracks": written})
+
+
+NODES = [TrackPoints, DrawTracks, SaveTracks]

@@ -1,0 +1,89 @@
+"""Tracking nodes on a tiny real Wan and VAE; TRACKS accepted by ComfyUI core's WanMove nodes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import folder_paths
+from comfy_extras.nodes_wanmove import WanMoveTracksFromCoords, WanMoveVisualizeTracks
+from hostlib import node_output, tiny_model
+from random_models import random_wan_vae
+
+from difftrack_pack.nodes.capture_nodes import ExtractVideoFeatures
+from difftrack_pack.nodes.track_nodes import DrawTracks, SaveTracks, TrackPoints
+
+FRAMES, SIZE = 9, 64
+
+
+@pytest.fixture(scope="module")
+def video():
+    return tiny_model("wan"), random_wan_vae(), torch.rand(FRAMES, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+
+
+def track(points="[[20, 30], [40, 10, 4]]", grid_size=0, readout="refined", **inputs):
+    return node_output(TrackPoints.execute(points, grid_size, 0, readout, 2, 1.0, 3.0, 0.0, "auto", 0.1, 0, "per_frame",
+                                           5, **inputs))
+
+
+def test_track_points_from_model_feeds_core_wanmove(video):
+    model, vae, images = video
+    tracks, visibility, coordinates = track(model=model, vae=vae, images=images)
+    path, visible = tracks["track_path"], tracks["track_visibility"]
+    assert path.shape == (FRAMES, 2, 2) and visible.shape == (FRAMES, 2) and visible.dtype == torch.bool
+    assert path[0, 0].tolist() == [20.0, 30.0] and path[4, 1].tolist() == [40.0, 10.0]  # each query on its own frame
+    assert visible[0, 0] and visible[4, 1]
+    assert visibility.shape == (FRAMES, SIZE, SIZE) and visibility[0, 30, 20] == 1.0
+    assert json.loads(coordinates)[1][4] == {"x": 40.0, "y": 10.0}
+    (drawn,) = node_output(WanMoveVisualizeTracks.execute(images, 24, 12, 0.75, 16, tracks=tracks))  # ComfyUI core
+    assert drawn.shape == images.shape
+    (from_coords,) = node_output(WanMoveTracksFromCoords.execute(coordinates))[:1]  # our JSON read by core
+    torch.testing.assert_close(from_coords["track_path"].float(), path, atol=0.01, rtol=0)
+
+
+def test_track_points_from_features_grid_and_mask(video):
+    model, vae, images = video
+    (features,) = node_output(ExtractVideoFeatures.execute(model, vae, images, "1, 2", 0.1, 0, "per_frame", 0, 0, "model", "cpu"))
+    mask = torch.zeros(FRAMES, SIZE, SIZE)
+    mask[:, :, : SIZE // 2] = 1
+    tracks, _, _ = track(grid_size=4, features=features, mask=mask)
+    assert tracks["track_path"].shape == (FRAMES, 8, 2) and (tracks["track_path"][0, :, 0] < SIZE // 2).all()
+    argmax, _, _ = track(readout="argmax", features=features, images=images)
+    assert argmax["track_path"].shape == (FRAMES, 2, 2)
+
+
+@pytest.mark.parametrize("points, message", [
+    ("[[70, 10]]", r"Point 0 \(70, 10\) is outside the 64x64 frame"),
+    ("[[10, 10, 12]]", "Point 0 is on frame 12, outside the video's 9 frames"),
+    ("[{x: 1}]", "Cannot read the points: not JSON"),
+    ("[]", "No points given"),
+])
+def test_bad_points(video, points, message):
+    model, vae, images = video
+    with pytest.raises(ValueError, match=message):
+        track(points, model=model, vae=vae, images=images)
+
+
+def test_missing_inputs_and_frame_mismatch(video):
+    model, vae, images = video
+    with pytest.raises(ValueError, match="Connect either features"):
+        track(model=model, images=images)
+    (features,) = node_output(ExtractVideoFeatures.execute(model, vae, images, "auto", 0.1, 0, "per_frame", 0, 0, "model", "cpu"))
+    with pytest.raises(ValueError, match="The images have 5 frames but the features were extracted from 9"):
+        track(features=features, images=images[:5])
+
+
+def test_draw_and_save(video, tmp_path, monkeypatch):
+    model, vae, images = video
+    tracks, _, _ = track(model=model, vae=vae, images=images)
+    (drawn,) = node_output(DrawTracks.execute(images, tracks, 8, 0.0, 0.0, True, 1.0))
+    assert drawn.shape == images.shape and not torch.equal(drawn, images)
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    result = SaveTracks.execute(tracks, "difftrack/test", "all")
+    files = {entry["filename"].rsplit(".", 1)[1]: tmp_path / entry["subfolder"] / entry["filename"] for entry in result.ui["tracks"]}
+    assert sorted(files) == ["csv", "json", "npz"]
+    npz = np.load(files["npz"])
+    assert npz["tracks"].shape == (2, FRAMES, 2) and npz["occluded"].shape == (2, FRAMES)
+    assert len(json.loads(files["json"].read_text())) == 2
+    assert files["csv"].read_text().count("\n") == 1 + 2 * FRAMES
