@@ -6,7 +6,8 @@ from PIL import Image
 
 from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
 
-NODES = ["DiffTrackAttentionCapture", "DiffTrackCapturedFeatures", "DiffTrackExtractFeatures", "DiffTrackAttentionMap"]
+NODES = ["DiffTrackAttentionCapture", "DiffTrackCapturedFeatures", "DiffTrackExtractFeatures", "DiffTrackAttentionMap",
+         "DiffTrackTrackPoints", "DiffTrackDrawTracks", "DiffTrackSaveTracks"]
 
 
 def test_server_lists_the_nodes_with_tooltips(comfy_server):
