@@ -21,42 +21,92 @@ def sample_tokens(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample a token grid at points.
 
     grid: [C, h, w, d]; points: [N, 2] as (x, y) in [-1, 1] over the frame
-    (-1 and 1 are the frame's outer edges). Returns [C, N, d].
+    (-1 and 1 are the frame's outer edges). Returns [C, N, d] (float32).
     """
     c, h, w, d = grid.shape
     image = grid.permute(0, 3, 1, 2).float()  # [C, d, h, w]
+    # C on grid_sample's batch axis (its kernel runs in parallel over batch x points and loops over channels),
+    # with one stride-0 grid shared by all C.
     where = points.to(image).view(1, 1, -1, 2).expand(c, 1, -1, 2)
     sampled = F.grid_sample(image, where, mode="bilinear", padding_mode="border", align_corners=False)
     return sampled[:, :, 0, :].transpose(1, 2)  # [C, N, d]
 
 
-def point_cost(source: QK, source_frame: int, target: QK, target_frame: int, points: torch.Tensor,
-               temperature: float | None = None, slice_tokens: int = 4096) -> torch.Tensor:
-    """Symmetric cost of query points on one frame against every token of another.
+def sample_pairs(grids: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """sample_tokens for G grids, each at its own points: grids [G, C, h, w, d], points [G, N, 2] -> [G, C, N, d]."""
+    g, c, h, w, d = grids.shape
+    image = grids.reshape(g * c, h, w, d).permute(0, 3, 1, 2).float()  # [G*C, d, h, w]
+    where = points.to(image)[:, None, None].expand(g, c, 1, -1, 2).reshape(g * c, 1, -1, 2)  # G*C*N*2 floats: small
+    sampled = F.grid_sample(image, where, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled.view(g, c, d, -1).transpose(2, 3)
 
-    source/target: captured QK ([heads, T, h, w, d]); *_frame: token frame
-    index inside each. points: [N, 2] (x, y) in [-1, 1]. temperature: softmax
-    temperature, sqrt(d) when None. Returns [N, h, w] (float32), each row a
-    probability-like map summing to 1.
+
+def scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b in float32. bf16/fp16 operands on CUDA use tensor cores with float32 output: their products
+    are exact in float32 and accumulate in float32, so this is the float32 product of those operands up to
+    summation order."""
+    if a.is_cuda and a.dtype == b.dtype and a.dtype in (torch.bfloat16, torch.float16):
+        shape = a.shape[:-2]
+        return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]),
+                         out_dtype=torch.float32).view(*shape, a.shape[-2], b.shape[-1])
+    return a.float() @ b.float()
+
+
+def _frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    """[H, T, h, w, d] -> [G, H, M, d] for the listed token frames."""
+    heads, _, h, w, d = qk_part.shape
+    return qk_part[:, frames].reshape(heads, len(frames), h * w, d).transpose(0, 1)
+
+
+def forward_rows(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
+                 temperature: float | None = None) -> torch.Tensor:
+    """Where each query point goes, for G frame pairs: mean over heads of softmax over the target's tokens.
+
+    source/target: captured QK ([heads, T, h, w, d]); *_frames: G token-frame
+    indices inside each. points: [G, N, 2] (x, y) in [-1, 1] on each source
+    frame. temperature: sqrt(d) when None. Returns [G, N, h, w] (float32).
     """
     heads, _, h, w, d = target.q.shape
     tau = math.sqrt(d) if temperature is None else temperature
-    q_src = source.q[:, source_frame].float()
-    k_src = source.k[:, source_frame].float().reshape(heads, -1, d)  # [H, Ms, d]
-    q_dst = target.q[:, target_frame].float().reshape(heads, -1, d)  # [H, Md, d]
-    k_dst = target.k[:, target_frame].float().reshape(heads, -1, d)
+    keys = _frames(target.k, target_frames).transpose(2, 3)  # [G, H, d, Md]
+    # Interpolated queries are rounded to the keys' precision: the precision the model's own attention works in.
+    query = (sample_pairs(source.q[:, source_frames].transpose(0, 1), points) / tau).to(keys.dtype)  # [G, H, N, d]
+    logits = scores(query, keys)  # [G, H, N, Md]
+    return torch.softmax(logits, dim=-1).mean(1).view(len(target_frames), -1, h, w)
 
-    query = sample_tokens(q_src, points)  # [H, N, d]
-    forward = torch.softmax(query @ k_dst.transpose(1, 2) / tau, dim=-1).mean(0)  # [N, Md]
 
+def backward_rows(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
+                  temperature: float | None = None, budget_bytes: int = 2**28) -> torch.Tensor:
+    """Which target tokens come back to each query point, for G frame pairs: every target token's softmax over the
+    source tokens, averaged over heads and sampled at the points (the two commute: both are linear). [G, N, h, w].
+    Target tokens go in slices that keep the [G, H, slice, Ms] maps within `budget_bytes`."""
+    heads, _, h, w, d = target.q.shape
+    tau = math.sqrt(d) if temperature is None else temperature
     hs, ws = source.q.shape[2:4]
-    backward = []
-    for start in range(0, q_dst.shape[1], slice_tokens):
-        rows = torch.softmax(q_dst[:, start:start + slice_tokens] @ k_src.transpose(1, 2) / tau, dim=-1)
-        rows = rows.reshape(-1, hs, ws, 1)  # [H*m, hs, ws, 1]: a map over the source frame per target token
-        backward.append(sample_tokens(rows, points)[..., 0].reshape(heads, -1, points.shape[0]).mean(0))
-    backward = torch.cat(backward, dim=0).transpose(0, 1)  # [N, Md]
-    return (0.5 * (forward + backward)).reshape(-1, h, w)
+    k_src = _frames(source.k, source_frames).transpose(2, 3)  # [G, H, d, Ms]
+    q_dst = _frames(target.q, target_frames)  # [G, H, Md, d]
+    pairs = len(target_frames)
+    step = max(1, budget_bytes // (2 * 4 * pairs * heads * hs * ws))  # logits and their softmax
+    rows = []
+    for start in range(0, q_dst.shape[2], step):
+        maps = torch.softmax(scores(q_dst[:, :, start:start + step], k_src).mul_(1 / tau), dim=-1).mean(1)  # [G, m, Ms]
+        maps = maps.view(pairs, -1, hs, ws, 1)  # a map over the source frame per target token
+        rows.append(sample_pairs(maps, points)[..., 0])  # [G, m, N]
+    return torch.cat(rows, dim=1).transpose(1, 2).reshape(pairs, -1, h, w)
+
+
+def pair_costs(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
+               temperature: float | None = None) -> torch.Tensor:
+    """Symmetric cost of query points against every target token for G frame pairs, [G, N, h, w]: the mean of
+    forward_rows and backward_rows (DiffTrack's cost volume, query rows only)."""
+    return 0.5 * (forward_rows(source, source_frames, target, target_frames, points, temperature)
+                  + backward_rows(source, source_frames, target, target_frames, points, temperature))
+
+
+def point_cost(source: QK, source_frame: int, target: QK, target_frame: int, points: torch.Tensor,
+               temperature: float | None = None) -> torch.Tensor:
+    """pair_costs for one frame pair: [N, h, w], each row a probability-like map."""
+    return pair_costs(source, [source_frame], target, [target_frame], points[None], temperature)[0]
 
 
 def point_cost_over_video(chunks: list[tuple[tuple[float, ...], QK]], query_frame: float, points: torch.Tensor,

@@ -5,8 +5,9 @@ symmetric cost of the point's query row is averaged over the chunks holding
 both frames and over the fused (block, step) selections, then read out:
   argmax   the best token's centre (published behaviour, token-quantised)
   refined  soft-argmax of the cost in a window around the argmax (sub-token)
-A point is visible where tracking it back lands near where it started
-(forward-backward cycle) and the cost peak stands out from a flat map.
+A point is visible where tracking it back (the found point's forward rows to
+the query frame) lands near where it started, and the cost peak stands out
+from a flat map.
 Token frames of a natively encoded video sit between source frames; tracks are
 interpolated to every source frame.
 """
@@ -17,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .cost import point_cost
+from .cost import backward_rows, forward_rows
 from .features import QK
 
 Chunks = list[tuple[tuple[float, ...], QK]]
@@ -41,6 +42,7 @@ class TrackSettings:
     cycle_tolerance: float = 1.0  # tokens a point may miss its start when tracked back
     min_confidence: float = 3.0  # cost peak over a flat map (1.0) below which a point counts as occluded
     point_batch: int = 1024  # query rows per cost computation
+    memory_budget: int = 5 * 2**27  # bytes of cost maps per batched computation (frame pairs x heads x rows x tokens)
 
 
 def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,36 +73,18 @@ def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> t
     return torch.stack([refined_col, refined_row], dim=1), peak
 
 
-def pixels_to_grid(points: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
-    """(x, y) pixels -> (x, y) in [-1, 1] (frame edges), as sample_tokens takes them."""
-    height, width = frame_size
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=points.device)
-    return points * scale - 1
+def _holders(selections: list[Chunks], anchor: float, position: float) -> tuple[tuple[int, int], ...]:
+    """(selection, chunk) pairs whose chunk holds both frames."""
+    return tuple((i, c) for i, chunks in enumerate(selections) for c, (frames, _) in enumerate(chunks)
+                 if anchor in frames and position in frames)
 
 
-def tokens_to_pixels(positions: torch.Tensor, grid: tuple[int, int], frame_size: tuple[int, int]) -> torch.Tensor:
-    """(column, row) token units (centres at integers) -> (x, y) pixels."""
-    (h, w), (height, width) = grid, frame_size
-    return (positions + 0.5) * torch.tensor([width / w, height / h], device=positions.device)
-
-
-def _frame_index(frames: tuple[float, ...], position: float) -> int | None:
-    return frames.index(position) if position in frames else None
-
-
-def _mean_cost(selections: list[Chunks], source: float, target: float, points: torch.Tensor,
-               temperature: float | None) -> torch.Tensor | None:
-    """Cost of points on `source` against `target`, averaged over every chunk of every selection holding both."""
-    total, count = None, 0
-    for chunks in selections:
-        for frames, qk in chunks:
-            s, t = _frame_index(frames, source), _frame_index(frames, target)
-            if s is None or t is None:
-                continue
-            cost = point_cost(qk, s, qk, t, points.to(qk.q.device), temperature)
-            total = cost if total is None else total + cost
-            count += 1
-    return None if total is None else total / count
+def _mean_over(holders, selections: list[Chunks], cost, sources: list[float], targets: list[float],
+               points: torch.Tensor, **options) -> torch.Tensor:
+    """`cost` ([G, N, h, w]) of G frame pairs, averaged over the chunks (of every selection) holding them."""
+    values = [cost(qk, [frames.index(p) for p in sources], qk, [frames.index(p) for p in targets], points, **options)
+              for frames, qk in (selections[i][c] for i, c in holders)]
+    return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
@@ -146,33 +130,57 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
     confidence = torch.zeros(len(positions), n, device=device)
     visible = torch.zeros(len(positions), n, dtype=torch.bool, device=device)
     flat = 1.0 / (grid[0] * grid[1])
+    # Built once: a tensor made from Python numbers inside the loop would stall the GPU queue every frame.
+    token_size = torch.tensor([width / grid[1], height / grid[0]], device=device)  # pixels per token (x, y)
+    to_unit = torch.tensor([2.0 / width, 2.0 / height], device=device)  # pixels -> [-1, 1] frame coordinates
 
+    heads, _, h, w, _ = first.q.shape
+    # Logits and their softmax both live at once: two float32 [pairs, heads, points, tokens] tensors.
+    pairs_per_call = max(1, settings.memory_budget // (2 * 4 * heads * min(n, settings.point_batch) * h * w))
     for query_frame in frame.unique().tolist():
         anchor = min(positions, key=lambda p: abs(p - query_frame))
+        # Target frames with the same holding chunks are computed together, a batch of frame pairs per call.
+        groups: dict[tuple, list[float]] = {}
+        for position in positions:
+            if position == anchor:
+                continue
+            holders = _holders(selections, anchor, position)
+            if not holders:
+                raise ValueError(
+                    f"Frame {position:g} shares no chunk with query frame {anchor:g}: extract the features with "
+                    f"reference_frame {anchor:g} (or frames_per_chunk 0), or let Track Points extract them.")
+            groups.setdefault(holders, []).append(position)
+        calls = [(holders, targets[i:i + pairs_per_call],
+                  torch.tensor([positions.index(p) for p in targets[i:i + pairs_per_call]], device=device)[:, None])
+                 for holders, targets in groups.items() for i in range(0, len(targets), pairs_per_call)]
         members = (frame == query_frame).nonzero()[:, 0]
         for start in range(0, len(members), settings.point_batch):
-            rows = members[start:start + settings.point_batch].to(device)
-            start_px = queries[rows.cpu(), :2].to(device)
-            start_grid = pixels_to_grid(start_px, frame_size)
-            for slot, position in enumerate(positions):
-                if position == anchor:
-                    path[slot, rows], visible[slot, rows], confidence[slot, rows] = start_px, True, 1.0 / flat
-                    continue
-                forward = _mean_cost(selections, anchor, position, start_grid, settings.temperature)
-                if forward is None:
-                    raise ValueError(
-                        f"Frame {position:g} shares no chunk with query frame {anchor:g}: extract the features with "
-                        f"reference_frame {anchor:g} (or frames_per_chunk 0), or let Track Points extract them.")
-                found, peak = read_out(forward, settings.readout, settings.window)
-                found_px = tokens_to_pixels(found, grid, frame_size)
-                backward = _mean_cost(selections, position, anchor, pixels_to_grid(found_px, frame_size), settings.temperature)
-                returned, _ = read_out(backward, settings.readout, settings.window)
-                start_tokens = start_px / torch.tensor([width / grid[1], height / grid[0]], device=device) - 0.5
-                miss = (returned - start_tokens).norm(dim=1)
-                path[slot, rows] = found_px
-                confidence[slot, rows] = peak / flat
-                visible[slot, rows] = (miss <= settings.cycle_tolerance) & (peak / flat >= settings.min_confidence)
-                on_frame()
+            batch = members[start:start + settings.point_batch]
+            rows = batch.to(device)
+            start_px = queries[batch, :2].to(device)
+            start_tokens = start_px / token_size - 0.5
+            slot = positions.index(anchor)
+            path[slot, rows], visible[slot, rows], confidence[slot, rows] = start_px, True, 1.0 / flat
+            for holders, pair_targets, slots in calls:
+                pairs = len(pair_targets)
+                anchors = [anchor] * pairs
+                options = dict(temperature=settings.temperature)
+                start_unit = (start_px * to_unit - 1).expand(pairs, -1, -1)
+                cost = 0.5 * (_mean_over(holders, selections, forward_rows, anchors, pair_targets, start_unit, **options)
+                              + _mean_over(holders, selections, backward_rows, anchors, pair_targets, start_unit,
+                                           budget_bytes=settings.memory_budget, **options))
+                found, peak = read_out(cost.flatten(0, 1), settings.readout, settings.window)
+                found_px = (found.view(pairs, -1, 2) + 0.5) * token_size
+                back = _mean_over(holders, selections, forward_rows, pair_targets, anchors, found_px * to_unit - 1,
+                                  **options)
+                returned, _ = read_out(back.flatten(0, 1), settings.readout, settings.window)
+                miss = (returned.view(pairs, -1, 2) - start_tokens).norm(dim=-1)
+                peak = peak.view(pairs, -1) / flat
+                path[slots, rows[None]] = found_px
+                confidence[slots, rows[None]] = peak
+                visible[slots, rows[None]] = (miss <= settings.cycle_tolerance) & (peak >= settings.min_confidence)
+                for _ in range(pairs):
+                    on_frame()
     return positions, Tracks(path, visible, confidence)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ditcorr import QK, point_cost, point_cost_over_video, sample_tokens
+from ditcorr.cost import backward_rows, forward_rows, pair_costs
 
 
 def full_cost_volume(qk: QK, source: int, target: int, tau: float) -> torch.Tensor:
@@ -21,15 +22,17 @@ def token_centres(h, w, rows, cols):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("slice_tokens", [4096, 7])
-def test_query_rows_equal_full_volume(seed, slice_tokens):
+@pytest.mark.parametrize("budget_bytes", [2**28, 4 * 3 * 30 * 7])
+def test_query_rows_equal_full_volume(seed, budget_bytes):
     generator = torch.Generator().manual_seed(seed)
     heads, frames, h, w, d = 3, 4, 5, 6, 16
     qk = QK(torch.randn(heads, frames, h, w, d, generator=generator), torch.randn(heads, frames, h, w, d, generator=generator), 0.1)
     rows, cols = torch.randint(0, h, (9,), generator=generator), torch.randint(0, w, (9,), generator=generator)
     source, target = 1, 3
     tau = [None, 2.5][seed % 2]
-    got = point_cost(qk, source, qk, target, token_centres(h, w, rows, cols), tau, slice_tokens=slice_tokens)
+    points = token_centres(h, w, rows, cols)
+    got = 0.5 * (forward_rows(qk, [source], qk, [target], points[None], tau)
+                 + backward_rows(qk, [source], qk, [target], points[None], tau, budget_bytes))[0]  # 7-token slices
     full = full_cost_volume(qk, source, target, math.sqrt(d) if tau is None else tau)
     expected = full[rows * w + cols].reshape(-1, h, w)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
@@ -57,3 +60,15 @@ def test_video_cost_averages_over_chunks_holding_both_frames():
     _, from_one = point_cost_over_video(chunks, 1.0, point)
     assert torch.count_nonzero(from_one[3]) == 0
     torch.testing.assert_close(from_one[0], point_cost(first, 1, first, 0, point))
+
+
+def test_batched_pairs_equal_one_pair_at_a_time():
+    generator = torch.Generator().manual_seed(3)
+    qk = QK(torch.randn(2, 5, 4, 6, 8, generator=generator), torch.randn(2, 5, 4, 6, 8, generator=generator), 0.1)
+    sources, targets = [0, 0, 3, 1], [1, 4, 2, 3]
+    points = torch.rand(4, 7, 2, generator=generator) * 2 - 1  # each pair its own points
+    batched = pair_costs(qk, sources, qk, targets, points, 1.7)
+    looped = torch.stack([point_cost(qk, s, qk, t, p, 1.7) for s, t, p in zip(sources, targets, points)])
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-7)
+    rows = forward_rows(qk, sources, qk, targets, points)
+    torch.testing.assert_close(rows[2], forward_rows(qk, [3], qk, [2], points[2:3])[0], rtol=1e-5, atol=1e-7)

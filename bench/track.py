@@ -1,0 +1,106 @@
+"""Cost of tracking against the cost of the forwards that produce its features, on Wan 2.1 with random weights.
+
+    python bench/track.py --size tiny|1.3b --device cpu|cuda --points N --frames F
+
+Prints one JSON line. forward_s: the extraction of F per-frame latent frames
+(13-frame chunks, the middle block, features kept on the device); track_s:
+tracking N random points from frame 0 through all F frames (refined read-out,
+cycle check); peak_extra_mem_gib: device memory tracking needs on top of the
+model and the features. Medians of repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from comfy_host import find_comfyui, load_host
+
+SIZES = {
+    "tiny": dict(config="wan_tiny", latent_hw=(16, 16), dtype=torch.float32),
+    "1.3b": dict(config="wan_1.3b", latent_hw=(60, 104), dtype=torch.bfloat16),  # 480x832
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=list(SIZES), default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--points", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    comfyui = find_comfyui()
+    if comfyui is None:
+        raise SystemExit("ComfyUI not found: set COMFYUI_PATH.")
+    load_host(comfyui)
+
+    from random_models import random_model
+
+    from difftrack_pack.ditcorr.track import TrackSettings, track_points
+    from difftrack_pack.nodes.adapters import adapter_for
+    from difftrack_pack.nodes.capture import CaptureRequest
+    from difftrack_pack.nodes.extract import extract_from_latent
+
+    size = SIZES[args.size]
+    cuda = args.device == "cuda"
+    model = random_model(size["config"], dtype=size["dtype"], device=args.device)
+    diffusion_model = model.get_model_object("diffusion_model")
+    adapter = adapter_for(diffusion_model)
+    block = adapter.block_count(diffusion_model) // 2
+    generator = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 16, args.frames, *size["latent_hw"], generator=generator)
+    frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
+    context, extra = adapter.zero_context(diffusion_model)
+    conditioning = [[torch.randn(context.shape, generator=generator), extra]]
+    queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
+                         torch.zeros(args.points, 1)], dim=1)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def extract():
+        return extract_from_latent(model, latent, tuple(map(float, range(args.frames))), frame_size, args.frames,
+                                   conditioning, [block], 0.1, frames_per_chunk=13, request=CaptureRequest(offload=False))
+
+    features = extract()  # warm-up
+    track = lambda: track_points(features.select_many(), queries, frame_size, args.frames, TrackSettings())  # noqa: E731
+    track()  # warm-up
+    forward_times, track_times = [], []
+    for _ in range(args.repeats):
+        sync()
+        start = time.perf_counter()
+        features = extract()
+        sync()
+        forward_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tracks = track()
+        sync()
+        track_times.append(time.perf_counter() - start)
+    if cuda:
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        track()
+        sync()
+        extra_mem = (torch.cuda.max_memory_allocated() - base) / 2**30
+    else:
+        extra_mem = None  # no device allocator to ask on the CPU
+    forward_s, track_s = statistics.median(forward_times), statistics.median(track_times)
+    print(json.dumps({
+        "model": f"wan2.1-{args.size}", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "points": args.points, "frames": args.frames, "chunks": len(features.chunk_frames),
+        "tokens_per_frame": (size["latent_hw"][0] // 2) * (size["latent_hw"][1] // 2), "block": block,
+        "forward_s": round(forward_s, 4), "track_s": round(track_s, 4),
+        "track_to_forward_ratio": round(track_s / forward_s, 4), "peak_extra_mem_gib": None if extra_mem is None else round(extra_mem, 3),
+        "visible_fraction": round(tracks.visible.float().mean().item(), 3),
+        "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times]},
+    }))
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        main()
