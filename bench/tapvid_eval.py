@@ -1,0 +1,104 @@
+"""TAP-Vid evaluation of the full tracking pipeline on a model checkpoint.
+
+    python bench/tapvid_eval.py --davis tapvid_davis.pkl --unet wan2.1_t2v_1.3B_bf16.safetensors \
+        --vae wan_2.1_vae.safetensors [--size 480x832] [--query-mode first|strided] [--readout refined|argmax] ...
+
+The pickle is TAP-Vid's DAVIS layout: {video: {"video": uint8 [T, H, W, 3],
+"points": [N, T, 2] (x, y) in [0, 1], "occluded": bool [N, T]}}. Each video is
+resized to --size, its queries are taken as TAP-Vid does ("first": each point's
+first visible frame; "strided": every 5th frame where the point is visible),
+tracked by the Track Points node's own code (features extracted per query
+frame), and scored on the 256x256 raster. Prints one JSON line: the metrics
+averaged over videos, the options, and per-video metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from comfy_host import find_comfyui, load_host
+
+
+def queries_of(points: torch.Tensor, occluded: torch.Tensor, size: tuple[int, int], mode: str, stride: int = 5):
+    """TAP-Vid queries: (x, y, frame) in pixels of `size` and, per query, the index of its track."""
+    height, width = size
+    rows, owners = [], []
+    for n in range(points.shape[0]):
+        visible = (~occluded[n]).nonzero()[:, 0].tolist()
+        frames = visible[:1] if mode == "first" else [t for t in visible if t % stride == 0]
+        for t in frames:
+            rows.append([float(points[n, t, 0]) * width, float(points[n, t, 1]) * height, float(t)])
+            owners.append(n)
+    return torch.tensor(rows), torch.tensor(owners, dtype=torch.long)
+
+
+def evaluate(davis: str, unet: str, vae: str, size=(480, 832), query_mode="first", readout="refined", blocks="auto",
+             sigma=0.1, encoding="per_frame", frames_per_chunk=13, max_videos=0, log=print) -> dict:
+    import comfy.sd
+    import comfy.utils
+
+    from difftrack_pack.ditcorr.metrics import average, tapvid_metrics, to_raster
+    from difftrack_pack.nodes.track_nodes import TrackPoints
+
+    model = comfy.sd.load_diffusion_model(unet)
+    autoencoder = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae))
+    with open(davis, "rb") as file:
+        videos = pickle.load(file)
+    names = sorted(videos)[: max_videos or None]
+    per_video = {}
+    for name in names:
+        start = time.perf_counter()
+        data = videos[name]
+        frames = torch.from_numpy(data["video"]).float().div(255)
+        images = F.interpolate(frames.permute(0, 3, 1, 2), size=size, mode="bilinear", antialias=True,
+                               align_corners=False).permute(0, 2, 3, 1).clamp(0, 1)
+        points, occluded = torch.as_tensor(data["points"]).float(), torch.as_tensor(data["occluded"]).bool()
+        queries, owners = queries_of(points, occluded, size, query_mode)
+        text = json.dumps([{"x": x, "y": y, "t": int(t)} for x, y, t in queries.tolist()])
+        tracks, _, _ = TrackPoints.execute(text, 0, 0, readout, 2, 1.0, 3.0, 0.0, blocks, sigma, 0, encoding,
+                                           frames_per_chunk, model=model, vae=autoencoder, images=images).args
+        gt = to_raster(points[owners] * torch.tensor([size[1], size[0]]), size)  # [Q, T, 2]
+        pred = to_raster(tracks["track_path"].transpose(0, 1), size)
+        per_video[name] = tapvid_metrics(pred, tracks["track_visibility"].T, gt, ~occluded[owners], queries[:, 2],
+                                         query_mode)
+        log(f"{name}: {len(queries)} queries, AJ {per_video[name]['aj']:.3f}, "
+            f"δavg {per_video[name]['delta_avg']:.3f}, OA {per_video[name]['oa']:.3f}, {time.perf_counter() - start:.1f} s")
+    return {"mean": average(list(per_video.values())), "videos": len(per_video), "per_video": per_video,
+            "options": dict(size=list(size), query_mode=query_mode, readout=readout, blocks=blocks, sigma=sigma,
+                            encoding=encoding, frames_per_chunk=frames_per_chunk)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--davis", required=True, help="tapvid_davis.pkl")
+    parser.add_argument("--unet", required=True, help="diffusion model file (what UNETLoader would load)")
+    parser.add_argument("--vae", required=True, help="its VAE file")
+    parser.add_argument("--size", default="480x832", help="HEIGHTxWIDTH the videos are resized to")
+    parser.add_argument("--query-mode", choices=["first", "strided"], default="first")
+    parser.add_argument("--readout", choices=["refined", "argmax"], default="refined")
+    parser.add_argument("--blocks", default="auto")
+    parser.add_argument("--sigma", type=float, default=0.1)
+    parser.add_argument("--encoding", choices=["per_frame", "native"], default="per_frame")
+    parser.add_argument("--frames-per-chunk", type=int, default=13)
+    parser.add_argument("--max-videos", type=int, default=0, help="0 = all")
+    args = parser.parse_args()
+    comfyui = find_comfyui()
+    if comfyui is None:
+        raise SystemExit("ComfyUI not found: set COMFYUI_PATH.")
+    load_host(comfyui)
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    result = evaluate(args.davis, args.unet, args.vae, (height, width), args.query_mode, args.readout, args.blocks,
+                      args.sigma, args.encoding, args.frames_per_chunk, args.max_videos,
+                      log=lambda line: print(line, flush=True, file=sys.stderr))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        main()
