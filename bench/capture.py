@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from comfy_host import find_comfyui, load_host
+from comfy_host import benchmark_model, require_host
 
 # Wan 2.1 at 480x832, 81 frames: a [16, 21, 60, 104] latent, 21 x 30 x 52 = 32,760 tokens.
 SIZES = {
@@ -36,29 +36,21 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--block", type=int, default=None, help="block to capture (default: the middle one)")
     args = parser.parse_args()
-    comfyui = find_comfyui()
-    if comfyui is None:
-        raise SystemExit("ComfyUI not found: set COMFYUI_PATH.")
-    load_host(comfyui)
+    require_host()
 
     import comfy.samplers
-    from random_models import random_model
 
-    from difftrack_pack.nodes.adapters import adapter_for
     from difftrack_pack.nodes.capture import CaptureRequest, CaptureSession
     from difftrack_pack.nodes.extract import _single_forward, extract_from_latent
 
     size = SIZES[args.size]
     cuda = args.device == "cuda"
-    model = random_model(size["config"], dtype=size["dtype"], device=args.device)
-    diffusion_model = model.get_model_object("diffusion_model")
-    adapter = adapter_for(diffusion_model)
-    block = adapter.block_count(diffusion_model) // 2 if args.block is None else args.block
     generator = torch.Generator().manual_seed(0)
+    model, adapter, middle, conditioning = benchmark_model(size["config"], size["dtype"], args.device, generator)
+    diffusion_model = model.get_model_object("diffusion_model")
+    block = middle if args.block is None else args.block
     latent = torch.randn(1, *size["latent"], generator=generator)
     noise = torch.randn(latent.shape, generator=generator)
-    context, extra = adapter.zero_context(diffusion_model)
-    conditioning = [[torch.randn(context.shape, generator=generator), extra]]
     frames = latent.shape[2]
 
     captured = CaptureSession(adapter, diffusion_model, [block], CaptureRequest(offload=False))

@@ -42,3 +42,25 @@ def load_host(comfyui: Path):
         sys.modules[PACK_NAME] = module
         spec.loader.exec_module(module)
     return sys.modules[PACK_NAME]
+
+
+def require_host():
+    """load_host on the ComfyUI find_comfyui finds, or exit saying how to point at one."""
+    comfyui = find_comfyui()
+    if comfyui is None:
+        raise SystemExit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI (>= 0.8.0) checkout.")
+    return load_host(comfyui)
+
+
+def benchmark_model(config: str, dtype: torch.dtype, device: str, generator: torch.Generator):
+    """A random-weight model for benchmarks: (ModelPatcher, its adapter, its middle block, a random text CONDITIONING)."""
+    from random_models import random_model
+
+    from difftrack_pack.nodes.adapters import adapter_for
+
+    model = random_model(config, dtype=dtype, device=device)
+    diffusion_model = model.get_model_object("diffusion_model")
+    adapter = adapter_for(diffusion_model)
+    context, extra = adapter.zero_context(diffusion_model)
+    conditioning = [[torch.randn(context.shape, generator=generator), extra]]
+    return model, adapter, adapter.block_count(diffusion_model) // 2, conditioning

@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from comfy_host import find_comfyui, load_host
+from comfy_host import require_host
 
 
 def queries_of(points: torch.Tensor, occluded: torch.Tensor, size: tuple[int, int], mode: str, stride: int = 5):
@@ -88,10 +88,7 @@ def main() -> None:
     parser.add_argument("--frames-per-chunk", type=int, default=13)
     parser.add_argument("--max-videos", type=int, default=0, help="0 = all")
     args = parser.parse_args()
-    comfyui = find_comfyui()
-    if comfyui is None:
-        raise SystemExit("ComfyUI not found: set COMFYUI_PATH.")
-    load_host(comfyui)
+    require_host()
     height, width = (int(v) for v in args.size.lower().split("x"))
     result = evaluate(args.davis, args.unet, args.vae, (height, width), args.query_mode, args.readout, args.blocks,
                       args.sigma, args.encoding, args.frames_per_chunk, args.max_videos,

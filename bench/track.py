@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from comfy_host import find_comfyui, load_host
+from comfy_host import benchmark_model, require_host
 
 SIZES = {
     "tiny": dict(config="wan_tiny", latent_hw=(16, 16), dtype=torch.float32),
@@ -33,29 +33,18 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    comfyui = find_comfyui()
-    if comfyui is None:
-        raise SystemExit("ComfyUI not found: set COMFYUI_PATH.")
-    load_host(comfyui)
-
-    from random_models import random_model
+    require_host()
 
     from difftrack_pack.ditcorr.track import TrackSettings, track_points
-    from difftrack_pack.nodes.adapters import adapter_for
     from difftrack_pack.nodes.capture import CaptureRequest
     from difftrack_pack.nodes.extract import extract_from_latent
 
     size = SIZES[args.size]
     cuda = args.device == "cuda"
-    model = random_model(size["config"], dtype=size["dtype"], device=args.device)
-    diffusion_model = model.get_model_object("diffusion_model")
-    adapter = adapter_for(diffusion_model)
-    block = adapter.block_count(diffusion_model) // 2
     generator = torch.Generator().manual_seed(0)
+    model, _, block, conditioning = benchmark_model(size["config"], size["dtype"], args.device, generator)
     latent = torch.randn(1, 16, args.frames, *size["latent_hw"], generator=generator)
     frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
-    context, extra = adapter.zero_context(diffusion_model)
-    conditioning = [[torch.randn(context.shape, generator=generator), extra]]
     queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
                          torch.zeros(args.points, 1)], dim=1)
 

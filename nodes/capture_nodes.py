@@ -4,14 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import comfy.utils
 from comfy_api.latest import io
 
-from ..ditcorr import (DitFeatures, latent_frame_positions, plan_chunks, point_cost_over_video, render_heatmaps,
-                       source_frame_count)
+from ..ditcorr import DitFeatures, latent_frame_positions, point_cost_over_video, render_heatmaps, source_frame_count
 from .adapters import adapter_for, supported_names
 from .capture import CaptureSession
-from .extract import ENCODINGS, encode_frames, extract_from_latent
+from .extract import ENCODINGS, encode_with_progress, extract_with_progress
 from .options import BRANCH_CHOICES, STORAGE_DTYPES, STORAGE_PLACES, capture_request, choose_blocks
 
 CATEGORY = "DiffTrack"
@@ -155,16 +153,10 @@ class ExtractVideoFeatures(io.ComfyNode):
         diffusion_model = model.get_model_object("diffusion_model")
         adapter = adapter_for(diffusion_model)
         chosen = choose_blocks(blocks, adapter, diffusion_model)
-        encoding_progress = comfy.utils.ProgressBar(images.shape[0] if encoding == "per_frame" else 1)
-        latent, positions = encode_frames(vae, images, encoding, on_frame=lambda: encoding_progress.update(1))
-        if reference_frame >= latent.shape[2]:
-            raise ValueError(f"reference_frame {reference_frame} is outside the {latent.shape[2]} latent frames of this video.")
+        latent, positions = encode_with_progress(vae, images, encoding)
         request = capture_request("all", 0.0, 1000.0, "cond", storage_dtype, storage)
-        chunk_progress = comfy.utils.ProgressBar(len(plan_chunks(latent.shape[2], frames_per_chunk, reference_frame)))
-        features = extract_from_latent(
-            model, latent, positions, tuple(images.shape[1:3]), images.shape[0], conditioning, chosen, sigma, seed,
-            frames_per_chunk, reference_frame, request, on_chunk=lambda: chunk_progress.update(1),
-        )
+        features = extract_with_progress(model, latent, positions, images, conditioning, chosen, sigma, seed,
+                                         frames_per_chunk, reference_frame, request)
         return io.NodeOutput(features)
 
 

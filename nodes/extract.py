@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 import comfy.model_management
 import comfy.samplers
+import comfy.utils
 
 from ..ditcorr import DitFeatures, latent_frame_positions, plan_chunks
 from .adapters import adapter_for
@@ -95,3 +96,28 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
         features.captures.update(session.captures)
         on_chunk()
     return features
+
+
+def progress_step(bar: comfy.utils.ProgressBar) -> Callable[[], None]:
+    """A callback for long loops: advance a node's progress bar, stop when the user cancels."""
+    def step():
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update(1)
+    return step
+
+
+def encode_with_progress(vae, images: torch.Tensor, encoding: str) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """encode_frames with a progress bar (one step per frame, or one for the native encoding)."""
+    bar = comfy.utils.ProgressBar(images.shape[0] if encoding == "per_frame" else 1)
+    return encode_frames(vae, images, encoding, on_frame=progress_step(bar))
+
+
+def extract_with_progress(patcher, latent: torch.Tensor, positions: tuple[float, ...], images: torch.Tensor,
+                          conditioning: list | None, blocks: list[int], sigma: float, seed: int, frames_per_chunk: int,
+                          reference_frame: int, request: CaptureRequest) -> DitFeatures:
+    """extract_from_latent for the video `images`, with a progress bar over its chunks."""
+    if reference_frame >= latent.shape[2]:
+        raise ValueError(f"reference_frame {reference_frame} is outside the {latent.shape[2]} latent frames of this video.")
+    bar = comfy.utils.ProgressBar(len(plan_chunks(latent.shape[2], frames_per_chunk, reference_frame)))
+    return extract_from_latent(patcher, latent, positions, tuple(images.shape[1:3]), images.shape[0], conditioning,
+                               blocks, sigma, seed, frames_per_chunk, reference_frame, request, progress_step(bar))

@@ -4,30 +4,21 @@ from __future__ import annotations
 import os
 
 import torch
-import comfy.model_management
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..ditcorr import parse_indices, plan_chunks
+from ..ditcorr import parse_indices
 from ..ditcorr.draw import draw_tracks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
 from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
 from .adapters import adapter_for
 from .capture_nodes import BLOCKS_TOOLTIP, CATEGORY, DitFeaturesType
-from .extract import ENCODINGS, encode_frames, extract_from_latent
+from .extract import ENCODINGS, encode_with_progress, extract_with_progress, progress_step
 from .options import capture_request, choose_blocks
 
 POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
                   '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
-
-
-def progress_step(bar: comfy.utils.ProgressBar):
-    """A callback for core loops: advance the node's progress bar, stop when the user cancels."""
-    def step():
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update(1)
-    return step
 
 
 def visibility_mask(tracks: Tracks, frame_size: tuple[int, int], radius: float) -> torch.Tensor:
@@ -127,15 +118,13 @@ class TrackPoints(io.ComfyNode):
         else:
             diffusion_model = model.get_model_object("diffusion_model")
             chosen = choose_blocks(blocks, adapter_for(diffusion_model), diffusion_model)
-            encoded = comfy.utils.ProgressBar(images.shape[0] if encoding == "per_frame" else 1)
-            latent, positions = encode_frames(vae, images, encoding, on_frame=progress_step(encoded))
+            latent, positions = encode_with_progress(vae, images, encoding)
             request = capture_request("all", 0.0, 1000.0, "cond", "model", "gpu")
             parts = []
             for frame, rows in groups:
                 reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
-                chunks = comfy.utils.ProgressBar(len(plan_chunks(latent.shape[2], frames_per_chunk, reference)))
-                extracted = extract_from_latent(model, latent, positions, frame_size, frame_count, conditioning, chosen,
-                                                sigma, seed, frames_per_chunk, reference, request, progress_step(chunks))
+                extracted = extract_with_progress(model, latent, positions, images, conditioning, chosen, sigma, seed,
+                                                  frames_per_chunk, reference, request)
                 bar = comfy.utils.ProgressBar(len(positions))
                 parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
                                                  settings, progress_step(bar))))
