@@ -14,11 +14,15 @@ import torch.nn.functional as F
 VARIANTS = ("renormalised", "published")
 
 
+def add_guidance(guided: torch.Tensor, cond: torch.Tensor, perturbed: torch.Tensor, scale: float) -> torch.Tensor:
+    """A CFG result pushed away from the perturbed prediction: guided + s (c - p)."""
+    return guided + scale * (cond - perturbed)
+
+
 def cag_combine(cond: torch.Tensor, uncond: torch.Tensor | None, perturbed: torch.Tensor, cfg: float,
                 scale: float) -> torch.Tensor:
     """u + cfg (c - u) + s (c - p); without an uncond prediction (cfg = 1), c + s (c - p)."""
-    guided = cond if uncond is None else uncond + cfg * (cond - uncond)
-    return guided + scale * (cond - perturbed)
+    return add_guidance(cond if uncond is None else uncond + cfg * (cond - uncond), cond, perturbed, scale)
 
 
 def _local_keys(video: slice, frame_tokens: int, text: slice, device) -> torch.Tensor:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import comfy.model_patcher
+import comfy.patcher_extension
 from comfy.patcher_extension import WrappersMP
 
 from .adapters import Adapter, UnsupportedInput
@@ -47,6 +49,7 @@ class SelfAttentionCall:
     block: int
     forward: ForwardInfo
     video: slice  # positions of the video tokens in the attention sequence
+    image_tokens: int  # the image stream's length; joint-attention models put text tokens after it
     func: Callable
     args: tuple
     kwargs: dict
@@ -58,6 +61,11 @@ class SelfAttentionCall:
         heads = self.kwargs["heads"] if "heads" in self.kwargs else self.args[3]
         b, length, width = tensor.shape
         return tensor.view(b, length, heads, width // heads).transpose(1, 2)
+
+    @property
+    def text(self) -> slice:
+        """Positions of text tokens in the sequence (empty when text is not in the same attention)."""
+        return slice(self.image_tokens, self.q.shape[2])
 
     @property
     def q(self) -> torch.Tensor:
@@ -125,17 +133,23 @@ class AttentionHook:
 
     # -- installation ------------------------------------------------------
     def install(self, patcher) -> None:
-        """Add the hook to `patcher` (a clone the caller owns), keeping any replacement or override already there."""
-        options = patcher.model_options.setdefault("transformer_options", {})
+        """Add the hook to `patcher` (a clone the caller owns)."""
+        patcher.model_options = self.install_options(patcher.model_options)
+
+    def install_options(self, model_options: dict) -> dict:
+        """A copy of `model_options` with the hook added, keeping any replacement or override already there."""
+        options = comfy.model_patcher.create_model_options_clone(model_options)
+        transformer = options.setdefault("transformer_options", {})
         if self.adapter.scope_by_block_index:
-            options["optimized_attention_override"] = self._indexed_override(options.get("optimized_attention_override"))
+            transformer["optimized_attention_override"] = self._indexed_override(transformer.get("optimized_attention_override"))
         else:
-            existing = options.get("patches_replace", {}).get("dit", {})
+            existing = transformer.get("patches_replace", {}).get("dit", {})
             for block in self.blocks:
-                patcher.set_model_patch_replace(self._block_patch(block, existing.get(("double_block", block))),
-                                                "dit", "double_block", block)
-        patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, self._apply_model)
-        patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, self._outer_sample)
+                options = comfy.model_patcher.set_model_options_patch_replace(
+                    options, self._block_patch(block, existing.get(("double_block", block))), "dit", "double_block", block)
+        for kind, wrapper in ((WrappersMP.APPLY_MODEL, self._apply_model), (WrappersMP.OUTER_SAMPLE, self._outer_sample)):
+            comfy.patcher_extension.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper, options, is_model_options=True)
+        return options
 
     def _outer_sample(self, executor, *args, **kwargs):
         self.on_run_start()
@@ -174,25 +188,27 @@ class AttentionHook:
             )
         return slice(start, stop)
 
-    def _dispatch(self, block: int, info: ForwardInfo, video: slice, previous: Callable | None,
+    def _dispatch(self, block: int, info: ForwardInfo, image_tokens: int, previous: Callable | None,
                   func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         run = lambda: call_through(previous, func, args, kwargs)  # noqa: E731
-        return self.on_self_attention(SelfAttentionCall(block, info, video, func, args, kwargs, run))
+        video = self._video_span(block, info, image_tokens)
+        return self.on_self_attention(SelfAttentionCall(block, info, video, image_tokens, func, args, kwargs, run))
 
     def _block_patch(self, block: int, previous_patch: Callable | None) -> Callable:
         """A dit block replacement whose copy of transformer_options routes the block's first attention call to us."""
         def patch(args: dict, extra: dict):
             info = self.forward
             if info is not None:  # outside a wrapped forward there is nothing to act on
-                video = self._video_span(block, info, self.adapter.image_stream_length(args))
+                image_tokens = self.adapter.image_stream_length(args)
+                self._video_span(block, info, image_tokens)  # fail before the block runs when the layout is unknown
                 options = dict(args["transformer_options"])
                 options["optimized_attention_override"] = self._first_call_override(
-                    block, info, video, options.get("optimized_attention_override"))
+                    block, info, image_tokens, options.get("optimized_attention_override"))
                 args = {**args, "transformer_options": options}
             return previous_patch(args, extra) if previous_patch else extra["original_block"](args)
         return patch
 
-    def _first_call_override(self, block: int, info: ForwardInfo, video: slice, previous: Callable | None) -> Callable:
+    def _first_call_override(self, block: int, info: ForwardInfo, image_tokens: int, previous: Callable | None) -> Callable:
         calls = 0
 
         def override(func, *args, **kwargs):
@@ -200,7 +216,7 @@ class AttentionHook:
             calls += 1
             if calls > 1:  # cross-attention and later calls of the block pass through
                 return call_through(previous, func, args, kwargs)
-            return self._dispatch(block, info, video, previous, func, args, kwargs)
+            return self._dispatch(block, info, image_tokens, previous, func, args, kwargs)
         return override
 
     def _indexed_override(self, previous: Callable | None) -> Callable:
@@ -212,6 +228,6 @@ class AttentionHook:
             if info is None or block not in self.blocks or block in self._blocks_seen:
                 return call_through(previous, func, args, kwargs)
             self._blocks_seen.add(block)
-            tokens = args[0].shape[2 if kwargs.get("skip_reshape", False) else 1]
-            return self._dispatch(block, info, self._video_span(block, info, tokens), previous, func, args, kwargs)
+            tokens = args[0].shape[2 if kwargs.get("skip_reshape", False) else 1]  # video-only self-attention
+            return self._dispatch(block, info, tokens, previous, func, args, kwargs)
         return override

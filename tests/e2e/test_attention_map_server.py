@@ -7,7 +7,8 @@ from PIL import Image
 from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
 
 NODES = ["DiffTrackAttentionCapture", "DiffTrackCapturedFeatures", "DiffTrackExtractFeatures", "DiffTrackAttentionMap",
-         "DiffTrackTrackPoints", "DiffTrackDrawTracks", "DiffTrackSaveTracks"]
+         "DiffTrackTrackPoints", "DiffTrackDrawTracks", "DiffTrackSaveTracks", "DiffTrackCAG", "DiffTrackCAGGuider",
+         "DiffTrackCAGSampler", "DiffTrackZeroConditioning"]
 
 
 def test_server_lists_the_nodes_with_tooltips(comfy_server):

@@ -1,0 +1,44 @@
+"""CAG through /prompt: SamplerCustomAdvanced + CAG Guider, and the stock KSampler + the CAG patch, each writing a video."""
+from __future__ import annotations
+
+import av
+import pytest
+from comfy_server import TINY_VAE, TINY_WAN
+
+COMMON = {
+    "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
+    "2": {"class_type": "VAELoader", "inputs": {"vae_name": TINY_VAE}},
+    "3": {"class_type": "DiffTrackZeroConditioning", "inputs": {"model": ["1", 0]}},
+    "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 9, "batch_size": 1}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["2", 0]}},
+    "9": {"class_type": "CreateVideo", "inputs": {"images": ["8", 0], "fps": 8.0}},
+    "10": {"class_type": "SaveVideo", "inputs": {"video": ["9", 0], "filename_prefix": "difftrack/cag", "format": "mp4",
+                                                 "codec": "h264"}},
+}
+CAG = {"cag_scale": 1.0, "blocks": "auto", "start_percent": 0.0, "end_percent": 1.0, "variant": "renormalised",
+       "reuse_prefix": True}
+GUIDER = {
+    "5": {"class_type": "DiffTrackCAGGuider", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0],
+                                                         "cfg": 4.0, **CAG}},
+    "6": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "simple", "steps": 3, "denoise": 1.0}},
+    "11": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+    "12": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
+    "7": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["12", 0], "guider": ["5", 0], "sampler": ["11", 0],
+                                                            "sigmas": ["6", 0], "latent_image": ["4", 0]}},
+}
+PATCH = {
+    "5": {"class_type": "DiffTrackCAG", "inputs": {"model": ["1", 0], **CAG}},
+    "7": {"class_type": "KSampler", "inputs": {"model": ["5", 0], "seed": 0, "steps": 3, "cfg": 4.0, "sampler_name": "euler",
+                                               "scheduler": "simple", "positive": ["3", 0], "negative": ["3", 0],
+                                               "latent_image": ["4", 0], "denoise": 1.0}},
+}
+
+
+@pytest.mark.parametrize("graph", [GUIDER, PATCH], ids=["guider", "ksampler_patch"])
+def test_cag_generates_a_video(comfy_server, graph):
+    outputs = comfy_server.run({**COMMON, **graph})["outputs"]
+    (video,) = outputs["10"]["images"]
+    path = comfy_server.base / "output" / video.get("subfolder", "") / video["filename"]
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
