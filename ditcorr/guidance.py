@@ -33,17 +33,27 @@ def _local_keys(video: slice, frame_tokens: int, text: slice, device) -> torch.T
     return torch.cat([own, text_keys], dim=1)
 
 
-def _logsumexp_over(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, slice_keys: int = 4096) -> torch.Tensor:
-    """logsumexp over keys of q.k^T/sqrt(d) (+ additive mask): [B, H, Lq], keys taken `slice_keys` at a time."""
-    scale = 1 / math.sqrt(q.shape[-1])
-    total = None
-    for start in range(0, k.shape[2], slice_keys):
-        logits = (q.float() @ k[:, :, start:start + slice_keys].float().transpose(2, 3)) * scale
-        if mask is not None:
-            logits = logits + mask[..., start:start + slice_keys].float()
-        part = torch.logsumexp(logits, dim=-1)
-        total = part if total is None else torch.logaddexp(total, part)
-    return total
+def logsumexp_over(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, budget_bytes: int = 2**28,
+                   key_slice: int = 4096) -> torch.Tensor:
+    """logsumexp over keys of q.k^T/sqrt(d) (+ additive key mask [B, 1, 1, Lk]): [B, H, Lq].
+
+    Queries and keys go in slices so that no logits block exceeds `budget_bytes` (a whole video's logits would not fit).
+    """
+    b, h, length, d = q.shape
+    keys = min(k.shape[2], key_slice)
+    queries = max(1, budget_bytes // (4 * b * h * keys))
+    scale = 1 / math.sqrt(d)
+    rows = []
+    for q_start in range(0, length, queries):
+        total = None
+        for k_start in range(0, k.shape[2], keys):
+            logits = (q[:, :, q_start:q_start + queries].float() @ k[:, :, k_start:k_start + keys].float().transpose(2, 3)) * scale
+            if mask is not None:
+                logits = logits + mask[..., k_start:k_start + keys].float()
+            part = torch.logsumexp(logits, dim=-1)
+            total = part if total is None else torch.logaddexp(total, part)
+        rows.append(total)
+    return torch.cat(rows, dim=2)
 
 
 def frame_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, video: slice, frame_tokens: int,
@@ -80,8 +90,8 @@ def frame_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vid
         local_mask = mask[:, 0, 0].expand(b, -1)[:, keys.flatten()].reshape(b * frames, 1, 1, width)
     out_video = F.scaled_dot_product_attention(q_video, per_frame(k), per_frame(v), attn_mask=local_mask)
     if variant == "published":
-        own = _logsumexp_over(q_video, per_frame(k), local_mask)  # [B*T, H, S]
-        full = _logsumexp_over(q[:, :, video], k, mask)  # [B, H, T*S]
+        own = logsumexp_over(q_video, per_frame(k), local_mask)  # [B*T, H, S]
+        full = logsumexp_over(q[:, :, video], k, mask)  # [B, H, T*S]
         full = full.view(b, h, frames, frame_tokens).transpose(1, 2).reshape(b * frames, h, frame_tokens)
         out_video = out_video * torch.exp(own - full)[..., None].to(out_video.dtype)
     out = torch.empty_like(q)

@@ -17,11 +17,20 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from ..ditcorr.guidance import add_guidance, frame_local_attention
+from ..ditcorr.selection import parse_indices
 from .adapters import Adapter
 from .hooks import AttentionHook, SelfAttentionCall
 
 PREFIX_KEY = "difftrack_cag_prefix"
 STREAMS = ("img", "txt")  # the tensors a block carries forward (the image stream; the text stream of joint models)
+
+
+def choose_cag_blocks(text: str, count: int) -> list[int]:
+    """'auto': three blocks from the middle of `count` (n/2, n/2+2, n/2+4); else a list like '13, 17, 21'."""
+    if text.strip().lower() == "auto":
+        middle = count // 2
+        return [b for b in (middle, middle + 2, middle + 4) if b < count]
+    return parse_indices(text, "block")
 
 
 class FrameLocalAttention(AttentionHook):

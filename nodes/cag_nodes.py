@@ -6,21 +6,13 @@ import nodes as comfy_nodes  # ComfyUI's own top-level nodes module (this pack's
 from comfy_api.latest import io
 
 from ..ditcorr.guidance import VARIANTS
-from ..ditcorr.selection import parse_indices
 from .adapters import adapter_for, supported_names
-from .cag import CrossAttentionGuidance
+from .cag import CrossAttentionGuidance, choose_cag_blocks
 from .capture_nodes import CATEGORY
 
 CAG_BLOCKS_TOOLTIP = ("Blocks whose self-attention is made frame-local in the perturbed branch (0-based). 'auto' = "
                       "three blocks from the middle: n/2, n/2+2, n/2+4 (Wan 1.3B: 15, 17, 19; Wan 14B: 20, 22, 24; "
                       "HunyuanVideo: 10, 12, 14). DiffTrack used 13, 17, 21 of CogVideoX-2B's 30.")
-
-
-def choose_cag_blocks(text: str, count: int) -> list[int]:
-    if text.strip().lower() == "auto":
-        middle = count // 2
-        return [b for b in (middle, middle + 2, middle + 4) if b < count]
-    return parse_indices(text, "block")
 
 
 def cag_inputs() -> list:

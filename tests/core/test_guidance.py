@@ -80,3 +80,14 @@ def test_guidance_algebra():
     assert cag_combine(cond, uncond, perturbed, cfg=6.0, scale=1.0).item() == 1 + 6 * 2 + 0.5
     assert cag_combine(cond, None, perturbed, cfg=1.0, scale=2.0).item() == 3 + 2 * 0.5
     assert torch.equal(cag_combine(cond, uncond, perturbed, 6.0, 0.0), uncond + 6.0 * (cond - uncond))
+
+
+def test_sliced_logsumexp_equals_the_whole():
+    from ditcorr.guidance import logsumexp_over
+    generator = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 3, 50, 8, generator=generator), torch.randn(2, 3, 70, 8, generator=generator)
+    mask = torch.zeros(2, 1, 1, 70)
+    mask[..., -5:] = -1e4
+    whole = torch.logsumexp(q @ k.transpose(2, 3) / math.sqrt(8) + mask, -1)
+    sliced = logsumexp_over(q, k, mask, budget_bytes=4 * 2 * 3 * 16 * 7, key_slice=16)  # 7 queries x 16 keys a block
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
