@@ -139,3 +139,24 @@ def test_guider_sampler_and_zero_conditioning_nodes():
     assert out["samples"].shape == (1, 16, 3, 8, 8) and torch.isfinite(out["samples"]).all()
     with pytest.raises(ValueError, match="Block 9 is out of range"):
         CAGModelPatch.execute(model, 1.0, "9", 0.0, 1.0, "renormalised", True)
+
+
+def test_two_experts_on_split_steps_like_wan_2_2():
+    """Wan 2.2 14B: a high-noise expert for the first steps, a low-noise one for the rest, each with its own sampler."""
+    import nodes as comfy_nodes
+
+    high, low = tiny_model("wan", seed=1), tiny_model("wan", seed=2)
+    positive, negative = text_conditioning(high, 1), text_conditioning(high, 2)
+    latent = {"samples": torch.zeros(1, 16, 3, 8, 8)}
+
+    def two_samplers(first, second):
+        sampler = comfy_nodes.KSamplerAdvanced()
+        (mid,) = sampler.sample(first, "enable", 0, 4, 4.0, "euler", "simple", positive, negative, latent, 0, 2, "enable")
+        (out,) = sampler.sample(second, "disable", 0, 4, 4.0, "euler", "simple", positive, negative, mid, 2, 4, "disable")
+        return out["samples"]
+
+    patch = lambda model: node_output(CAGModelPatch.execute(model, 1.0, "1, 2", 0.0, 1.0, "renormalised", True))[0]  # noqa: E731
+    plain, guided = two_samplers(high, low), two_samplers(patch(high), patch(low))
+    assert torch.isfinite(guided).all() and (guided - plain).abs().max() > 1e-3
+    zero = lambda model: node_output(CAGModelPatch.execute(model, 0.0, "1, 2", 0.0, 1.0, "renormalised", True))[0]  # noqa: E731
+    assert torch.equal(two_samplers(zero(high), zero(low)), plain)
