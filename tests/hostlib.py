@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-import comfy_host
-from locate import COMFYUI
+from locate import COMFYUI  # first: it also puts bench/ (comfy_host, random_models) on sys.path
+import comfy_host  # noqa: E402
 
 
 def load_host():

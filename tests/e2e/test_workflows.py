@@ -1,0 +1,120 @@
+"""The shipped workflows: listed by the server, consistent with /object_info, and runnable through /prompt.
+
+Each workflow is converted UI -> API by comfy-cli's maintained converter, fed by
+the server's /object_info; real model files are swapped for the tiny test
+models, the text encoder for Zero Conditioning, and sizes shrunk; then it runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+from comfy_cli.workflow_to_api import convert_ui_to_api
+from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
+from locate import REPO
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+UI_ONLY = {"MarkdownNote", "Note"}
+FILE_COMBOS = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "CLIPLoader": "clip_name", "LoadVideo": "file"}
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.get("/object_info")
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_workflows_are_shipped_and_listed_by_the_server(comfy_server):
+    assert len(WORKFLOWS) >= 4
+    listed = comfy_server.get("/workflow_templates")
+    assert sorted(listed["comfyui-difftrack"]) == sorted(path.stem for path in WORKFLOWS)
+
+
+def widget_inputs(info: dict):
+    for section in ("required", "optional"):
+        for name, spec in info["input"].get(section, {}).items():
+            kind, options = spec[0], spec[1] if len(spec) > 1 else {}
+            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) and not options.get("forceInput"):
+                yield name, kind, options
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_matches_object_info(path, object_info):
+    workflow = load(path)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    for node in nodes.values():
+        if node["type"] in UI_ONLY:
+            continue
+        assert node["type"] in object_info, f"{path.name}: unknown node type {node['type']}"
+        info = object_info[node["type"]]
+        values = list(node["widgets_values"])
+        for name, kind, options in widget_inputs(info):
+            value = values.pop(0)
+            if options.get("control_after_generate"):
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+            choices = kind if isinstance(kind, list) else options.get("options")
+            if FILE_COMBOS.get(node["type"]) == name:  # a file the user downloads or uploads
+                listed = [model["name"] for model in node["properties"].get("models", [])]
+                assert isinstance(value, str) and value and (node["type"] == "LoadVideo" or value in listed)
+            elif choices is not None:
+                assert value in choices, f"{path.name}: {node['type']}.{name} = {value!r} not in {choices}"
+            elif kind in ("INT", "FLOAT"):
+                assert options.get("min", value) <= value <= options.get("max", value), f"{node['type']}.{name} = {value}"
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool)
+            else:
+                assert isinstance(value, str)
+        assert not values, f"{path.name}: {node['type']} has {len(values)} extra widget values"
+    for link_id, source, slot, target, target_slot, kind in workflow["links"]:
+        out_type = object_info[nodes[source]["type"]]["output"][slot]
+        in_name = nodes[target]["inputs"][target_slot]["name"]
+        in_spec = next(spec for section in ("required", "optional")
+                       for name, spec in object_info[nodes[target]["type"]]["input"].get(section, {}).items() if name == in_name)
+        assert kind == out_type == in_spec[0], f"{path.name}: link {link_id} {out_type} -> {in_name} ({in_spec[0]})"
+
+
+def for_tiny_models(prompt: dict) -> dict:
+    """Swap real models for the tiny test ones, the text encoder for Zero Conditioning, and shrink sizes."""
+    model = next(key for key, node in prompt.items() if node["class_type"] == "UNETLoader")
+    scale_x, scale_y = CLIP_SIZE / 832, CLIP_SIZE / 480
+    out = {}
+    for key, node in prompt.items():
+        kind, inputs = node["class_type"], dict(node["inputs"])
+        if kind == "CLIPLoader":
+            continue
+        if kind == "CLIPTextEncode":
+            kind, inputs = "DiffTrackZeroConditioning", {"model": [model, 0]}
+        inputs.update({"UNETLoader": {"unet_name": TINY_WAN}, "VAELoader": {"vae_name": TINY_VAE},
+                       "LoadVideo": {"file": CLIP}, "ImageScale": {"width": CLIP_SIZE, "height": CLIP_SIZE},
+                       "EmptyHunyuanLatentVideo": {"width": CLIP_SIZE, "height": CLIP_SIZE, "length": CLIP_FRAMES},
+                       "KSampler": {"steps": 2}, "DiffTrackCAGSampler": {"steps": 2}}.get(kind, {}))
+        if kind == "DiffTrackTrackPoints":
+            points = json.loads(inputs["points"])
+            inputs["points"] = json.dumps([{**p, "x": p["x"] * scale_x, "y": p["y"] * scale_y} for p in points])
+            inputs["frames_per_chunk"] = 5
+        if kind == "DiffTrackAttentionMap":
+            inputs["x"], inputs["y"] = int(inputs["x"] * scale_x), int(inputs["y"] * scale_y)
+        out[key] = {"class_type": kind, "inputs": inputs}
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs(path, comfy_server, object_info):
+    prompt = for_tiny_models(convert_ui_to_api(load(path), object_info))
+    outputs = comfy_server.run(prompt)["outputs"]
+    videos = [entry for node in outputs.values() for entry in node.get("images", []) if entry["filename"].endswith(".mp4")]
+    expected = sum(node["class_type"] == "SaveVideo" for node in prompt.values())
+    assert len(videos) == expected >= 1
+    for entry in videos:
+        with av.open(str(comfy_server.base / "output" / entry.get("subfolder", "") / entry["filename"])) as container:
+            assert sum(1 for _ in container.decode(video=0)) == CLIP_FRAMES
+    for node in outputs.values():
+        for entry in node.get("tracks", []):
+            if entry["filename"].endswith(".json"):
+                tracks = json.loads((comfy_server.base / "output" / entry["subfolder"] / entry["filename"]).read_text())
+                assert tracks and all(len(track) == CLIP_FRAMES for track in tracks)

@@ -1,0 +1,223 @@
+"""Writes the shipped workflows (workflows/*.json, ComfyUI's UI format) from the compact graphs below.
+
+    python tools/build_workflows.py
+
+It starts a throwaway ComfyUI server (the e2e tests' helper, ComfyUI found as
+the tests find it) and reads /object_info, so widget order, control widgets,
+slots and link types are exactly what the frontend would save. Edit a graph
+here, rerun, commit the JSON; tests/e2e/test_workflows.py checks the files
+against /object_info and runs them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+MODELS = {
+    "wan2.1_t2v_1.3B_bf16.safetensors": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors",
+    "wan_2.1_vae.safetensors": f"{WAN_REPACKAGED}/vae/wan_2.1_vae.safetensors",
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": f"{WAN_REPACKAGED}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+}
+DIRECTORIES = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPLoader": "text_encoders"}
+UI_ONLY = {"MarkdownNote", "Note"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+WAN = {"unet_name": "wan2.1_t2v_1.3B_bf16.safetensors", "weight_dtype": "default"}
+VAE = {"vae_name": "wan_2.1_vae.safetensors"}
+TEXT = {"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "type": "wan", "device": "default"}
+SCALE = {"upscale_method": "bilinear", "width": 832, "height": 480, "crop": "center"}
+VIDEO_OUT = {"format": "mp4", "codec": "h264"}
+CAG = {"cag_scale": 1.0, "blocks": "auto", "start_percent": 0.0, "end_percent": 1.0, "variant": "renormalised",
+       "reuse_prefix": True}
+PROMPT = "a red fox trotting across a snowy meadow, tracking shot, soft morning light"
+NEGATIVE = "static, still image, blurry, distorted, jittery motion, low quality"
+
+# Each graph: nodes as key -> (class, widget values, (x, y)); links as (source key, output slot, target key, input name).
+GRAPHS = {
+    "difftrack_track_points_wan21": dict(
+        note=("## Track points with the video DiT's own attention\n"
+              "1. Download the models below (the loaders list them too) and load your video in **Load Video**.\n"
+              "2. Edit **points** in *Track Points*: JSON in pixels of the 832x480 frames, e.g. "
+              '`[{"x": 400, "y": 240}]`; add `"t": 10` to query on frame 10, or set *grid_size* for a grid.\n'
+              "3. Queue. You get the video with drawn tracks and, in `output/difftrack/`, the tracks as JSON, npz and CSV.\n\n"
+              "Wan 2.1 T2V 1.3B (bf16) fits 24 GB at 832x480; keep clips under ~80 frames or lower *frames_per_chunk*. "
+              "`refined` read-out gives sub-token precision; `argmax` is the published DiffTrack read-out."),
+        nodes={
+            "model": ("UNETLoader", WAN, (0, 0)),
+            "vae": ("VAELoader", VAE, (0, 160)),
+            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 300)),
+            "frames": ("GetVideoComponents", {}, (0, 660)),
+            "scale": ("ImageScale", SCALE, (360, 660)),
+            "track": ("DiffTrackTrackPoints", {"points": '[{"x": 300, "y": 200}, {"x": 520, "y": 260}, {"x": 416, "y": 360}]'},
+                      (700, 0)),
+            "draw": ("DiffTrackDrawTracks", {}, (1100, 0)),
+            "fps": ("CreateVideo", {"fps": 16.0}, (1440, 0)),
+            "save": ("SaveVideo", {"filename_prefix": "difftrack/tracks", **VIDEO_OUT}, (1780, 0)),
+            "files": ("DiffTrackSaveTracks", {"filename_prefix": "difftrack/tracks"}, (1100, 420)),
+        },
+        links=[("frames", 0, "scale", "image"), ("video", 0, "frames", "video"), ("model", 0, "track", "model"),
+               ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"), ("scale", 0, "draw", "images"),
+               ("track", 0, "draw", "tracks"), ("draw", 0, "fps", "images"), ("fps", 0, "save", "video"),
+               ("track", 0, "files", "tracks")],
+    ),
+    "difftrack_attention_map_wan21": dict(
+        note=("## Where did this patch go? Attention maps for a clicked point\n"
+              "Load a video, set **x**, **y** and **query_frame** in *Attention Map* (pixels of the 832x480 frames) "
+              "and queue: every frame shows the cross-frame attention cost of that point, drawn over the video. "
+              "*Extract Features* reads q/k of the middle block (`auto`); try other blocks to see where correspondence "
+              "lives in your model. Wan 2.1 T2V 1.3B fits 24 GB."),
+        nodes={
+            "model": ("UNETLoader", WAN, (0, 0)),
+            "vae": ("VAELoader", VAE, (0, 160)),
+            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 300)),
+            "frames": ("GetVideoComponents", {}, (0, 660)),
+            "scale": ("ImageScale", SCALE, (360, 660)),
+            "features": ("DiffTrackExtractFeatures", {}, (700, 0)),
+            "map": ("DiffTrackAttentionMap", {"x": 416, "y": 240}, (1100, 0)),
+            "fps": ("CreateVideo", {"fps": 16.0}, (1440, 0)),
+            "save": ("SaveVideo", {"filename_prefix": "difftrack/attention_map", **VIDEO_OUT}, (1780, 0)),
+        },
+        links=[("video", 0, "frames", "video"), ("frames", 0, "scale", "image"), ("model", 0, "features", "model"),
+               ("vae", 0, "features", "vae"), ("scale", 0, "features", "images"), ("features", 0, "map", "features"),
+               ("scale", 0, "map", "images"), ("map", 0, "fps", "images"), ("fps", 0, "save", "video")],
+    ),
+    "difftrack_cag_vs_cfg_wan21": dict(
+        note=("## Cross-Attention Guidance next to plain CFG, same seed\n"
+              "Both samplers share the prompt, seed and steps; the lower one adds CAG (DiffTrack), which pushes each "
+              "step away from a prediction whose cross-frame attention is cut, for steadier motion. It costs about "
+              "1.24x a CFG step. Tweak *cag_scale* (0 = plain CFG) and *blocks*. Wan 2.1 T2V 1.3B at 832x480, "
+              "33 frames fits 24 GB."),
+        nodes={
+            "model": ("UNETLoader", WAN, (0, 0)),
+            "clip": ("CLIPLoader", TEXT, (0, 160)),
+            "vae": ("VAELoader", VAE, (0, 330)),
+            "positive": ("CLIPTextEncode", {"text": PROMPT}, (360, 0)),
+            "negative": ("CLIPTextEncode", {"text": NEGATIVE}, (360, 240)),
+            "latent": ("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 33, "batch_size": 1}, (360, 480)),
+            "cfg": ("KSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"},
+                    (760, 0)),
+            "cag": ("DiffTrackCAGSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc",
+                                            "scheduler": "simple", **CAG}, (760, 420)),
+            "decode_cfg": ("VAEDecode", {}, (1140, 0)),
+            "decode_cag": ("VAEDecode", {}, (1140, 420)),
+            "video_cfg": ("CreateVideo", {"fps": 16.0}, (1400, 0)),
+            "video_cag": ("CreateVideo", {"fps": 16.0}, (1400, 420)),
+            "save_cfg": ("SaveVideo", {"filename_prefix": "difftrack/cfg", **VIDEO_OUT}, (1700, 0)),
+            "save_cag": ("SaveVideo", {"filename_prefix": "difftrack/cag", **VIDEO_OUT}, (1700, 420)),
+        },
+        links=[("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"),
+               ("model", 0, "cfg", "model"), ("positive", 0, "cfg", "positive"), ("negative", 0, "cfg", "negative"),
+               ("latent", 0, "cfg", "latent_image"),
+               ("model", 0, "cag", "model"), ("positive", 0, "cag", "positive"), ("negative", 0, "cag", "negative"),
+               ("latent", 0, "cag", "latent_image"),
+               ("cfg", 0, "decode_cfg", "samples"), ("vae", 0, "decode_cfg", "vae"),
+               ("cag", 0, "decode_cag", "samples"), ("vae", 0, "decode_cag", "vae"),
+               ("decode_cfg", 0, "video_cfg", "images"), ("decode_cag", 0, "video_cag", "images"),
+               ("video_cfg", 0, "save_cfg", "video"), ("video_cag", 0, "save_cag", "video")],
+    ),
+    "difftrack_ksampler_cag_patch_wan21": dict(
+        note=("## The stock KSampler with Cross-Attention Guidance\n"
+              "**CAG** patches the model: any sampler that takes a MODEL now applies CAG on the steps between "
+              "*start_percent* and *end_percent*. Wan 2.1 T2V 1.3B at 832x480, 33 frames fits 24 GB."),
+        nodes={
+            "model": ("UNETLoader", WAN, (0, 0)),
+            "clip": ("CLIPLoader", TEXT, (0, 160)),
+            "vae": ("VAELoader", VAE, (0, 330)),
+            "cag_patch": ("DiffTrackCAG", CAG, (360, 0)),
+            "positive": ("CLIPTextEncode", {"text": PROMPT}, (360, 330)),
+            "negative": ("CLIPTextEncode", {"text": NEGATIVE}, (360, 570)),
+            "latent": ("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 33, "batch_size": 1}, (360, 810)),
+            "sampler": ("KSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"},
+                        (760, 0)),
+            "decode": ("VAEDecode", {}, (1140, 0)),
+            "video": ("CreateVideo", {"fps": 16.0}, (1400, 0)),
+            "save": ("SaveVideo", {"filename_prefix": "difftrack/cag_ksampler", **VIDEO_OUT}, (1700, 0)),
+        },
+        links=[("model", 0, "cag_patch", "model"), ("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"),
+               ("cag_patch", 0, "sampler", "model"), ("positive", 0, "sampler", "positive"),
+               ("negative", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
+               ("sampler", 0, "decode", "samples"), ("vae", 0, "decode", "vae"), ("decode", 0, "video", "images"),
+               ("video", 0, "save", "video")],
+    ),
+}
+
+
+def input_specs(info: dict) -> list[tuple[str, list]]:
+    return [(name, spec) for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()]
+
+
+def is_widget(spec: list) -> bool:
+    kind, options = spec[0], spec[1] if len(spec) > 1 else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput", False)
+
+
+def default_value(spec: list):
+    kind, options = spec[0], spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    if isinstance(kind, list) or kind == "COMBO":
+        choices = kind if isinstance(kind, list) else options.get("options", [])
+        return choices[0] if choices else ""
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind]
+
+
+def build(graph: dict, object_info: dict) -> dict:
+    keys = ["__note__", *graph["nodes"]]
+    ids = {key: index + 1 for index, key in enumerate(keys)}
+    nodes = {"__note__": {"id": 1, "type": "MarkdownNote", "pos": [0, -420], "size": [680, 380], "flags": {}, "order": 0,
+                          "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [graph["note"]],
+                          "title": "Read me"}}
+    for order, (key, (kind, widgets, pos)) in enumerate(graph["nodes"].items(), start=1):
+        info = object_info[kind]
+        unknown = set(widgets) - {name for name, spec in input_specs(info)}
+        if unknown:
+            raise ValueError(f"{kind} has no inputs {sorted(unknown)}")
+        inputs, values = [], []
+        for name, spec in input_specs(info):
+            if is_widget(spec):
+                values.append(widgets.get(name, default_value(spec)))
+                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                    values.append("fixed")
+            else:
+                inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": None})
+        outputs = [{"name": name, "type": kind_, "links": [], "slot_index": slot}
+                   for slot, (kind_, name) in enumerate(zip(info["output"], info["output_name"]))]
+        properties = {"Node name for S&R": kind}
+        if kind in DIRECTORIES:
+            file = next(iter(v for k, v in widgets.items() if k.endswith("_name")))
+            properties["models"] = [{"name": file, "url": MODELS[file], "directory": DIRECTORIES[kind]}]
+        nodes[key] = {"id": ids[key], "type": kind, "pos": list(pos), "size": [320, 60 + 26 * (len(inputs) + len(values))],
+                      "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                      "properties": properties, "widgets_values": values}
+    links = []
+    for link_id, (source, slot, target, name) in enumerate(graph["links"], start=1):
+        output = nodes[source]["outputs"][slot]
+        target_input = next(i for i in nodes[target]["inputs"] if i["name"] == name)
+        output["links"].append(link_id)
+        target_input["link"] = link_id
+        links.append([link_id, ids[source], slot, ids[target], nodes[target]["inputs"].index(target_input), output["type"]])
+    return {"last_node_id": len(keys), "last_link_id": len(links), "nodes": list(nodes.values()), "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [60, 480]}}, "version": 0.4}
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from comfy_server import start_server
+
+    server = start_server(Path(tempfile.mkdtemp(prefix="difftrack_workflows_")))
+    try:
+        object_info = server.get("/object_info")
+    finally:
+        server.stop()
+    for name, graph in GRAPHS.items():
+        path = REPO / "workflows" / f"{name}.json"
+        path.write_text(json.dumps(build(graph, object_info), indent=1) + "\n")
+        print(f"wrote {path.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
