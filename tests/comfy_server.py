@@ -17,6 +17,7 @@ import hostlib
 from locate import COMFYUI, REPO
 
 TINY_WAN = "difftrack_tiny_wan.safetensors"
+TINY_WAN_I2V = "difftrack_tiny_wan_i2v.safetensors"
 TINY_VAE = "difftrack_tiny_wan_vae.safetensors"
 CLIP = "difftrack_clip.mp4"
 CLIP_FRAMES, CLIP_SIZE = 9, 64
@@ -30,8 +31,9 @@ def write_models(models: Path) -> None:
 
     (models / "diffusion_models").mkdir(parents=True)
     (models / "vae").mkdir(parents=True)
-    state = random_model("wan_tiny").get_model_object("diffusion_model").state_dict()
-    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, models / "diffusion_models" / TINY_WAN)
+    for config, name in (("wan_tiny", TINY_WAN), ("wan_i2v_tiny", TINY_WAN_I2V)):
+        state = random_model(config).get_model_object("diffusion_model").state_dict()
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, models / "diffusion_models" / name)
     safetensors.torch.save_file({k: v.contiguous() for k, v in random_wan_vae_state_dict().items()}, models / "vae" / TINY_VAE)
 
 

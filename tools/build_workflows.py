@@ -21,8 +21,14 @@ MODELS = {
     "wan2.1_t2v_1.3B_bf16.safetensors": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors",
     "wan_2.1_vae.safetensors": f"{WAN_REPACKAGED}/vae/wan_2.1_vae.safetensors",
     "umt5_xxl_fp8_e4m3fn_scaled.safetensors": f"{WAN_REPACKAGED}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    "clip_vision_h.safetensors": f"{WAN_REPACKAGED}/clip_vision/clip_vision_h.safetensors",
+    "Wan21-WanMove_fp8_scaled_e4m3fn_KJ.safetensors":
+        "https://huggingface.co/Kijai/WanVideo_comfy_fp8_scaled/resolve/main/WanMove/Wan21-WanMove_fp8_scaled_e4m3fn_KJ.safetensors",
+    "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors":
+        "https://huggingface.co/Kijai/WanVideo_comfy/resolve/main/Lightx2v/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
 }
-DIRECTORIES = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPLoader": "text_encoders"}
+DIRECTORIES = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPLoader": "text_encoders",
+               "CLIPVisionLoader": "clip_vision", "LoraLoaderModelOnly": "loras"}
 UI_ONLY = {"MarkdownNote", "Note"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -142,6 +148,52 @@ GRAPHS = {
                ("negative", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
                ("sampler", 0, "decode", "samples"), ("vae", 0, "decode", "vae"), ("decode", 0, "video", "images"),
                ("video", 0, "save", "video")],
+    ),
+    "difftrack_wanmove_from_video_tracks": dict(
+        note=("## Move a new video the way a real one moves (DiffTrack tracks -> core WanMove)\n"
+              "1. Load a video of at least 81 frames; *Track Points* (Wan 2.1 T2V 1.3B) tracks the points you give it.\n"
+              "2. The first frame starts a WanMove generation (Wan 2.1 I2V 14B WanMove, fp8, with the lightx2v "
+              "distill LoRA: 6 steps, cfg 1) whose motion follows those tracks.\n"
+              "Put points on what should move; a 5x5 grid (*grid_size* 5) moves the whole scene. 832x480, 81 frames "
+              "fits 24 GB with ComfyUI's offloading; the tracking model is released before generation."),
+        nodes={
+            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 0)),
+            "frames": ("GetVideoComponents", {}, (0, 360)),
+            "scale": ("ImageScale", SCALE, (0, 520)),
+            "track_model": ("UNETLoader", WAN, (360, 0)),
+            "vae": ("VAELoader", VAE, (360, 160)),
+            "track": ("DiffTrackTrackPoints", {"points": '[{"x": 300, "y": 200}, {"x": 520, "y": 260}, {"x": 416, "y": 360}]'},
+                      (700, 0)),
+            "first": ("ImageFromBatch", {"batch_index": 0, "length": 1}, (360, 520)),
+            "vision": ("CLIPVisionLoader", {"clip_name": "clip_vision_h.safetensors"}, (360, 700)),
+            "vision_encode": ("CLIPVisionEncode", {"crop": "center"}, (700, 700)),
+            "clip": ("CLIPLoader", TEXT, (360, 860)),
+            "positive": ("CLIPTextEncode", {"text": "the same scene, moving naturally, high quality video"}, (700, 860)),
+            "negative": ("CLIPTextEncode", {"text": NEGATIVE}, (700, 1100)),
+            "move": ("WanMoveTrackToVideo", {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0},
+                     (1100, 500)),
+            "move_model": ("UNETLoader", {"unet_name": "Wan21-WanMove_fp8_scaled_e4m3fn_KJ.safetensors",
+                                          "weight_dtype": "default"}, (1100, 0)),
+            "lora": ("LoraLoaderModelOnly", {"lora_name": "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
+                                             "strength_model": 1.0}, (1100, 160)),
+            "shift": ("ModelSamplingSD3", {"shift": 5.0}, (1100, 330)),
+            "sampler": ("KSampler", {"seed": 42, "steps": 6, "cfg": 1.0, "sampler_name": "er_sde", "scheduler": "simple"},
+                        (1500, 0)),
+            "decode": ("VAEDecode", {}, (1880, 0)),
+            "out": ("CreateVideo", {"fps": 16.0}, (2140, 0)),
+            "save": ("SaveVideo", {"filename_prefix": "difftrack/wanmove", **VIDEO_OUT}, (2440, 0)),
+        },
+        links=[("video", 0, "frames", "video"), ("frames", 0, "scale", "image"),
+               ("track_model", 0, "track", "model"), ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"),
+               ("scale", 0, "first", "image"), ("vision", 0, "vision_encode", "clip_vision"),
+               ("first", 0, "vision_encode", "image"), ("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"),
+               ("positive", 0, "move", "positive"), ("negative", 0, "move", "negative"), ("vae", 0, "move", "vae"),
+               ("track", 0, "move", "tracks"), ("first", 0, "move", "start_image"),
+               ("vision_encode", 0, "move", "clip_vision_output"),
+               ("move_model", 0, "lora", "model"), ("lora", 0, "shift", "model"), ("shift", 0, "sampler", "model"),
+               ("move", 0, "sampler", "positive"), ("move", 1, "sampler", "negative"), ("move", 2, "sampler", "latent_image"),
+               ("sampler", 0, "decode", "samples"), ("vae", 0, "decode", "vae"), ("decode", 0, "out", "images"),
+               ("out", 0, "save", "video")],
     ),
 }
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import av
 import pytest
 from comfy_cli.workflow_to_api import convert_ui_to_api
-from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
+from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN, TINY_WAN_I2V
 from locate import REPO
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 UI_ONLY = {"MarkdownNote", "Note"}
-FILE_COMBOS = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "CLIPLoader": "clip_name", "LoadVideo": "file"}
+FILE_COMBOS = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "CLIPLoader": "clip_name", "LoadVideo": "file",
+               "CLIPVisionLoader": "clip_name", "LoraLoaderModelOnly": "lora_name"}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def load(path: Path) -> dict:
 
 
 def test_workflows_are_shipped_and_listed_by_the_server(comfy_server):
-    assert len(WORKFLOWS) >= 4
+    assert len(WORKFLOWS) == 5
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-difftrack"]) == sorted(path.stem for path in WORKFLOWS)
 
@@ -78,20 +79,39 @@ def test_workflow_matches_object_info(path, object_info):
         assert kind == out_type == in_spec[0], f"{path.name}: link {link_id} {out_type} -> {in_name} ({in_spec[0]})"
 
 
+def bypass(prompt: dict, key: str, through: str) -> None:
+    """Remove a node, connecting its consumers to what fed its `through` input."""
+    source = prompt.pop(key)["inputs"][through]
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value and value[0] == key:
+                node["inputs"][name] = source
+
+
 def for_tiny_models(prompt: dict) -> dict:
-    """Swap real models for the tiny test ones, the text encoder for Zero Conditioning, and shrink sizes."""
+    """Swap real models for the tiny test ones, the text encoder for Zero Conditioning, and shrink sizes.
+
+    The WanMove model becomes a tiny Wan i2v model, its distill LoRA is bypassed and the optional CLIP vision
+    input is dropped (no tiny CLIP vision model exists)."""
+    prompt = json.loads(json.dumps(prompt))
+    for key in [k for k, node in prompt.items() if node["class_type"] == "LoraLoaderModelOnly"]:
+        bypass(prompt, key, "model")
     model = next(key for key, node in prompt.items() if node["class_type"] == "UNETLoader")
     scale_x, scale_y = CLIP_SIZE / 832, CLIP_SIZE / 480
+    small = {"width": CLIP_SIZE, "height": CLIP_SIZE}
     out = {}
     for key, node in prompt.items():
         kind, inputs = node["class_type"], dict(node["inputs"])
-        if kind == "CLIPLoader":
+        if kind in ("CLIPLoader", "CLIPVisionLoader", "CLIPVisionEncode"):
             continue
         if kind == "CLIPTextEncode":
             kind, inputs = "DiffTrackZeroConditioning", {"model": [model, 0]}
-        inputs.update({"UNETLoader": {"unet_name": TINY_WAN}, "VAELoader": {"vae_name": TINY_VAE},
-                       "LoadVideo": {"file": CLIP}, "ImageScale": {"width": CLIP_SIZE, "height": CLIP_SIZE},
-                       "EmptyHunyuanLatentVideo": {"width": CLIP_SIZE, "height": CLIP_SIZE, "length": CLIP_FRAMES},
+        if kind == "UNETLoader":
+            inputs["unet_name"] = TINY_WAN_I2V if "WanMove" in inputs["unet_name"] else TINY_WAN
+        inputs.pop("clip_vision_output", None)
+        inputs.update({"VAELoader": {"vae_name": TINY_VAE}, "LoadVideo": {"file": CLIP}, "ImageScale": small,
+                       "EmptyHunyuanLatentVideo": {**small, "length": CLIP_FRAMES},
+                       "WanMoveTrackToVideo": {**small, "length": CLIP_FRAMES},
                        "KSampler": {"steps": 2}, "DiffTrackCAGSampler": {"steps": 2}}.get(kind, {}))
         if kind == "DiffTrackTrackPoints":
             points = json.loads(inputs["points"])
