@@ -96,11 +96,11 @@ def backward_rows(source: QK, source_frames: list[int], target: QK, target_frame
 
 
 def pair_costs(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
-               temperature: float | None = None) -> torch.Tensor:
+               temperature: float | None = None, budget_bytes: int = 2**28) -> torch.Tensor:
     """Symmetric cost of query points against every target token for G frame pairs, [G, N, h, w]: the mean of
     forward_rows and backward_rows (DiffTrack's cost volume, query rows only)."""
     return 0.5 * (forward_rows(source, source_frames, target, target_frames, points, temperature)
-                  + backward_rows(source, source_frames, target, target_frames, points, temperature))
+                  + backward_rows(source, source_frames, target, target_frames, points, temperature, budget_bytes))
 
 
 def point_cost(source: QK, source_frame: int, target: QK, target_frame: int, points: torch.Tensor,

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .cost import backward_rows, forward_rows
+from .cost import forward_rows, pair_costs
 from .features import QK
 
 Chunks = list[tuple[tuple[float, ...], QK]]
@@ -166,9 +166,8 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
                 anchors = [anchor] * pairs
                 options = dict(temperature=settings.temperature)
                 start_unit = (start_px * to_unit - 1).expand(pairs, -1, -1)
-                cost = 0.5 * (_mean_over(holders, selections, forward_rows, anchors, pair_targets, start_unit, **options)
-                              + _mean_over(holders, selections, backward_rows, anchors, pair_targets, start_unit,
-                                           budget_bytes=settings.memory_budget, **options))
+                cost = _mean_over(holders, selections, pair_costs, anchors, pair_targets, start_unit,
+                                  budget_bytes=settings.memory_budget, **options)
                 found, peak = read_out(cost.flatten(0, 1), settings.readout, settings.window)
                 found_px = (found.view(pairs, -1, 2) + 0.5) * token_size
                 back = _mean_over(holders, selections, forward_rows, pair_targets, anchors, found_px * to_unit - 1,
