@@ -94,6 +94,18 @@ def _digit_stamps(number: int, anchor: torch.Tensor, cell: float) -> torch.Tenso
     return torch.tensor(centres)
 
 
+def point_masks(path: torch.Tensor, visible: torch.Tensor, frame_size: tuple[int, int], radius: float) -> torch.Tensor:
+    """[T, H, W] masks in [0, 1]: an anti-aliased disc of `radius` px at every visible point of every frame."""
+    height, width = frame_size
+    path, visible = path.float().cpu(), visible.bool().cpu()
+    masks = []
+    for t in range(path.shape[0]):
+        centres = path[t, visible[t]]
+        ones = torch.ones(centres.shape[0])
+        masks.append(_rasterise(height, width, centres, ones * radius, ones[:, None].expand(-1, 3), ones)[0])
+    return torch.stack(masks)
+
+
 def draw_tracks(frames: torch.Tensor, path: torch.Tensor, visible: torch.Tensor, trail: int = 16,
                 radius: float | None = None, line_width: float | None = None, show_ids: bool = False,
                 opacity: float = 1.0, on_frame: Callable[[], None] = lambda: None) -> torch.Tensor:

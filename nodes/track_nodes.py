@@ -9,7 +9,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..ditcorr import parse_indices
-from ..ditcorr.draw import draw_tracks
+from ..ditcorr.draw import draw_tracks, point_masks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
 from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
 from .adapters import adapter_for
@@ -19,18 +19,6 @@ from .options import capture_request, choose_blocks
 
 POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
                   '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
-
-
-def visibility_mask(tracks: Tracks, frame_size: tuple[int, int], radius: float) -> torch.Tensor:
-    """[T, H, W] mask with a disc at every visible track point."""
-    height, width = frame_size
-    ys = torch.arange(height).float()[:, None] + 0.5
-    xs = torch.arange(width).float()[None, :] + 0.5
-    mask = torch.zeros(tracks.path.shape[0], height, width)
-    for t in range(tracks.path.shape[0]):
-        for x, y in tracks.path[t, tracks.visible[t]].tolist():
-            mask[t] = torch.maximum(mask[t], (((xs - x) ** 2 + (ys - y) ** 2) <= radius ** 2).float())
-    return mask
 
 
 def merge(parts: list[tuple[torch.Tensor, Tracks]], count: int) -> Tracks:
@@ -131,7 +119,8 @@ class TrackPoints(io.ComfyNode):
                 extracted.release()
             tracks = merge(parts, queries.shape[0])
         radius = max(2.0, min(frame_size) / 90)
-        return io.NodeOutput(to_comfy_tracks(tracks), visibility_mask(tracks, frame_size, radius), tracks_to_json(tracks.path))
+        masks = point_masks(tracks.path, tracks.visible, frame_size, radius)
+        return io.NodeOutput(to_comfy_tracks(tracks), masks, tracks_to_json(tracks.path))
 
 
 class DrawTracks(io.ComfyNode):

@@ -31,3 +31,13 @@ def test_ids_are_drawn():
     plain = draw_tracks(frames, path, visible, radius=3.0)
     numbered = draw_tracks(frames, path, visible, radius=3.0, show_ids=True)
     assert (numbered - plain).abs().sum() > 1.0
+
+
+def test_point_masks_mark_visible_points_only():
+    from ditcorr.draw import point_masks
+    path = torch.tensor([[[10.0, 10.0], [30.0, 20.0]], [[12.0, 10.0], [30.0, 20.0]]])
+    visible = torch.tensor([[True, True], [True, False]])
+    masks = point_masks(path, visible, (32, 48), radius=3.0)
+    assert masks.shape == (2, 32, 48) and masks.max() <= 1
+    assert masks[0, 10, 10] == 1 and masks[0, 20, 30] == 1 and masks[1, 10, 12] == 1
+    assert masks[1, 20, 30] == 0 and masks[0, 0, 0] == 0  # occluded point and empty background stay 0
