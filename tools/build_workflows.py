@@ -155,7 +155,7 @@ GRAPHS = {
               "2. The first frame starts a WanMove generation (Wan 2.1 I2V 14B WanMove, fp8, with the lightx2v "
               "distill LoRA: 6 steps, cfg 1) whose motion follows those tracks.\n"
               "Put points on what should move; a 5x5 grid (*grid_size* 5) moves the whole scene. 832x480, 81 frames "
-              "fits 24 GB with ComfyUI's offloading; the tracking model is released before generation."),
+              "fits 24 GB with ComfyUI's offloading, which unloads the tracking model when the generation needs the memory."),
         nodes={
             "video": ("LoadVideo", {"file": "input.mp4"}, (0, 0)),
             "frames": ("GetVideoComponents", {}, (0, 360)),
