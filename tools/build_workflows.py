@@ -41,6 +41,29 @@ CAG = {"cag_scale": 1.0, "blocks": "auto", "start_percent": 0.0, "end_percent": 
        "reuse_prefix": True}
 PROMPT = "a red fox trotting across a snowy meadow, tracking shot, soft morning light"
 NEGATIVE = "static, still image, blurry, distorted, jittery motion, low quality"
+SAMPLING = {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"}
+
+
+def text_to_video(y: int) -> tuple[dict, list]:
+    """Loaders, prompts and an empty 832x480x33 latent (the prompt column starting at height y), and their links."""
+    nodes = {
+        "model": ("UNETLoader", WAN, (0, 0)),
+        "clip": ("CLIPLoader", TEXT, (0, 160)),
+        "vae": ("VAELoader", VAE, (0, 330)),
+        "positive": ("CLIPTextEncode", {"text": PROMPT}, (360, y)),
+        "negative": ("CLIPTextEncode", {"text": NEGATIVE}, (360, y + 240)),
+        "latent": ("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 33, "batch_size": 1}, (360, y + 480)),
+    }
+    return nodes, [("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip")]
+
+
+def sampler_links(sampler: str, model: str) -> list:
+    return [(model, 0, sampler, "model"), ("positive", 0, sampler, "positive"), ("negative", 0, sampler, "negative"),
+            ("latent", 0, sampler, "latent_image")]
+
+
+T2V_NODES, T2V_LINKS = text_to_video(0)
+PATCH_NODES, PATCH_LINKS = text_to_video(330)
 
 # Each graph: nodes as key -> (class, widget values, (x, y)); links as (source key, output slot, target key, input name).
 GRAPHS = {
@@ -98,16 +121,9 @@ GRAPHS = {
               "1.24x a CFG step. Tweak *cag_scale* (0 = plain CFG) and *blocks*. Wan 2.1 T2V 1.3B at 832x480, "
               "33 frames fits 24 GB."),
         nodes={
-            "model": ("UNETLoader", WAN, (0, 0)),
-            "clip": ("CLIPLoader", TEXT, (0, 160)),
-            "vae": ("VAELoader", VAE, (0, 330)),
-            "positive": ("CLIPTextEncode", {"text": PROMPT}, (360, 0)),
-            "negative": ("CLIPTextEncode", {"text": NEGATIVE}, (360, 240)),
-            "latent": ("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 33, "batch_size": 1}, (360, 480)),
-            "cfg": ("KSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"},
-                    (760, 0)),
-            "cag": ("DiffTrackCAGSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc",
-                                            "scheduler": "simple", **CAG}, (760, 420)),
+            **T2V_NODES,
+            "cfg": ("KSampler", SAMPLING, (760, 0)),
+            "cag": ("DiffTrackCAGSampler", {**SAMPLING, **CAG}, (760, 420)),
             "decode_cfg": ("VAEDecode", {}, (1140, 0)),
             "decode_cag": ("VAEDecode", {}, (1140, 420)),
             "video_cfg": ("CreateVideo", {"fps": 16.0}, (1400, 0)),
@@ -115,11 +131,7 @@ GRAPHS = {
             "save_cfg": ("SaveVideo", {"filename_prefix": "difftrack/cfg", **VIDEO_OUT}, (1700, 0)),
             "save_cag": ("SaveVideo", {"filename_prefix": "difftrack/cag", **VIDEO_OUT}, (1700, 420)),
         },
-        links=[("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"),
-               ("model", 0, "cfg", "model"), ("positive", 0, "cfg", "positive"), ("negative", 0, "cfg", "negative"),
-               ("latent", 0, "cfg", "latent_image"),
-               ("model", 0, "cag", "model"), ("positive", 0, "cag", "positive"), ("negative", 0, "cag", "negative"),
-               ("latent", 0, "cag", "latent_image"),
+        links=[*T2V_LINKS, *sampler_links("cfg", "model"), *sampler_links("cag", "model"),
                ("cfg", 0, "decode_cfg", "samples"), ("vae", 0, "decode_cfg", "vae"),
                ("cag", 0, "decode_cag", "samples"), ("vae", 0, "decode_cag", "vae"),
                ("decode_cfg", 0, "video_cfg", "images"), ("decode_cag", 0, "video_cag", "images"),
@@ -130,22 +142,14 @@ GRAPHS = {
               "**CAG** patches the model: any sampler that takes a MODEL now applies CAG on the steps between "
               "*start_percent* and *end_percent*. Wan 2.1 T2V 1.3B at 832x480, 33 frames fits 24 GB."),
         nodes={
-            "model": ("UNETLoader", WAN, (0, 0)),
-            "clip": ("CLIPLoader", TEXT, (0, 160)),
-            "vae": ("VAELoader", VAE, (0, 330)),
+            **PATCH_NODES,
             "cag_patch": ("DiffTrackCAG", CAG, (360, 0)),
-            "positive": ("CLIPTextEncode", {"text": PROMPT}, (360, 330)),
-            "negative": ("CLIPTextEncode", {"text": NEGATIVE}, (360, 570)),
-            "latent": ("EmptyHunyuanLatentVideo", {"width": 832, "height": 480, "length": 33, "batch_size": 1}, (360, 810)),
-            "sampler": ("KSampler", {"seed": 42, "steps": 30, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"},
-                        (760, 0)),
+            "sampler": ("KSampler", SAMPLING, (760, 0)),
             "decode": ("VAEDecode", {}, (1140, 0)),
             "video": ("CreateVideo", {"fps": 16.0}, (1400, 0)),
             "save": ("SaveVideo", {"filename_prefix": "difftrack/cag_ksampler", **VIDEO_OUT}, (1700, 0)),
         },
-        links=[("model", 0, "cag_patch", "model"), ("clip", 0, "positive", "clip"), ("clip", 0, "negative", "clip"),
-               ("cag_patch", 0, "sampler", "model"), ("positive", 0, "sampler", "positive"),
-               ("negative", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
+        links=[*PATCH_LINKS, ("model", 0, "cag_patch", "model"), *sampler_links("sampler", "cag_patch"),
                ("sampler", 0, "decode", "samples"), ("vae", 0, "decode", "vae"), ("decode", 0, "video", "images"),
                ("video", 0, "save", "video")],
     ),
