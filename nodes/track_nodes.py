@@ -6,7 +6,7 @@ import os
 import torch
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ditcorr import parse_indices
 from ..ditcorr.draw import draw_tracks, point_masks
@@ -61,7 +61,8 @@ class TrackPoints(io.ComfyNode):
                                 tooltip=BLOCKS_TOOLTIP + " With features: which captured blocks to fuse ('auto' = all)."),
                 io.Float.Input("sigma", default=0.1, min=0.001, max=1.0, step=0.001,
                                tooltip="When extracting: noise level of the forward (0.02-0.2 works best)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="When extracting: seed of that noise."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="When extracting: seed of that noise."),
                 io.Combo.Input("encoding", options=list(ENCODINGS), default="per_frame",
                                tooltip="When extracting: per_frame (a latent per frame, DiffTrack) or native (VAE time compression; tracks interpolated)."),
                 io.Int.Input("frames_per_chunk", default=13, min=0, max=1024,
@@ -120,7 +121,12 @@ class TrackPoints(io.ComfyNode):
             tracks = merge(parts, queries.shape[0])
         radius = max(2.0, min(frame_size) / 90)
         masks = point_masks(tracks.path, tracks.visible, frame_size, radius)
-        return io.NodeOutput(to_comfy_tracks(tracks), masks, tracks_to_json(tracks.path))
+        shown = {}
+        if images is not None:  # the query frame, for the points editor (a key of its own: no duplicate preview)
+            frame = min(query_frame, images.shape[0] - 1)
+            shown["difftrack_frame"] = ui.ImageSaveHelper.save_images(
+                images[frame:frame + 1], "difftrack_frame", io.FolderType.temp, cls, compress_level=1)
+        return io.NodeOutput(to_comfy_tracks(tracks), masks, tracks_to_json(tracks.path), ui=shown)
 
 
 class DrawTracks(io.ComfyNode):
@@ -148,7 +154,9 @@ class DrawTracks(io.ComfyNode):
         bar = comfy.utils.ProgressBar(images.shape[0])
         drawn = draw_tracks(images, tracks["track_path"], tracks["track_visibility"], trail, radius or None,
                             line_width or None, show_ids, opacity, progress_step(bar))
-        return io.NodeOutput(drawn)
+        preview = ui.ImageSaveHelper.save_animated_webp(drawn, "difftrack_preview", io.FolderType.temp, cls, fps=8.0,
+                                                        lossless=False, quality=80, method=4)
+        return io.NodeOutput(drawn, ui=ui.SavedImages([preview], is_animated=drawn.shape[0] > 1))
 
 
 SAVE_FORMATS = {"json": ("json", lambda p, v: tracks_to_json(p).encode()), "npz": ("npz", tracks_to_npz),

@@ -98,13 +98,16 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
 
+    def post(self, path: str, payload) -> bytes:
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
     def run(self, prompt: dict, timeout: float = 300.0) -> dict:
         """Queue an API-format prompt; return its history entry once done. Fails with the server's words."""
-        body = json.dumps({"prompt": prompt, "client_id": str(uuid.uuid4())}).encode()
-        request = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                prompt_id = json.loads(response.read())["prompt_id"]
+            prompt_id = json.loads(self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())}))["prompt_id"]
         except urllib.error.HTTPError as error:
             raise AssertionError(f"/prompt refused the workflow: {error.read().decode()}") from None
         deadline = time.time() + timeout

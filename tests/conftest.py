@@ -9,13 +9,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers: locate, hostlib
 from locate import COMFYUI, REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO))  # the host-free core package `ditcorr` (never `nodes`: ComfyUI owns that name)
 
-collect_ignore = [] if COMFYUI else ["host", "e2e"]
-NO_HOST_LINE = ("!!! HOST AND E2E TESTS SKIPPED: no ComfyUI found (set COMFYUI_PATH, install the pack under "
+collect_ignore = [] if COMFYUI else ["host", "e2e", "browser"]
+NO_HOST_LINE = ("!!! HOST, E2E AND BROWSER TESTS SKIPPED: no ComfyUI found (set COMFYUI_PATH, install the pack under "
                 "<ComfyUI>/custom_nodes, or put ComfyUI at ~/ComfyUI). Only core tests ran. !!!")
 
 
@@ -26,3 +28,13 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     if COMFYUI is None:
         terminalreporter.write_line(NO_HOST_LINE, red=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One real ComfyUI server for the session (e2e and browser tiers)."""
+    from comfy_server import start_server
+
+    server = start_server(tmp_path_factory.mktemp("comfy_base"))
+    yield server
+    server.stop()

@@ -1,10 +1,1 @@
-"""E2E tier: one real ComfyUI server for the session."""
-import pytest
-from comfy_server import start_server
-
-
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("comfy_base"))
-    yield server
-    server.stop()
+"""E2E tier: real ComfyUI server (the session fixture comfy_server lives in tests/conftest.py)."""

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import folder_paths
+from PIL import Image
 from comfy_extras.nodes_wanmove import WanMoveTracksFromCoords, WanMoveVisualizeTracks
 from hostlib import node_output, tiny_model
 from random_models import random_wan_vae
@@ -74,14 +76,27 @@ def test_missing_inputs_and_frame_mismatch(video):
         track(features=features, images=images[:5])
 
 
-def test_draw_and_save(video, tmp_path, monkeypatch):
+def test_previews_for_the_editor_and_the_animation(video):
+    model, vae, images = video
+    result = TrackPoints.execute('[[20, 30, 4]]', 0, 4, "refined", 2, 1.0, 3.0, 0.0, "auto", 0.1, 0, "per_frame", 5,
+                                 model=model, vae=vae, images=images)
+    (frame,) = result.ui["difftrack_frame"]  # the query frame, shown by the points editor
+    assert frame["type"] == "temp" and Path(folder_paths.get_temp_directory(), frame["subfolder"], frame["filename"]).is_file()
+    drawn = DrawTracks.execute(images, result.args[0], 8, 0.0, 0.0, False, 1.0)
+    shown = drawn.ui.as_dict()
+    assert shown["animated"] == (True,) and shown["images"][0]["filename"].endswith(".webp")
+    webp = Image.open(Path(folder_paths.get_temp_directory(), shown["images"][0]["subfolder"], shown["images"][0]["filename"]))
+    assert webp.n_frames == FRAMES
+
+
+def test_draw_and_save(video):
     model, vae, images = video
     tracks, _, _ = track(model=model, vae=vae, images=images)
     (drawn,) = node_output(DrawTracks.execute(images, tracks, 8, 0.0, 0.0, True, 1.0))
     assert drawn.shape == images.shape and not torch.equal(drawn, images)
-    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
     result = SaveTracks.execute(tracks, "difftrack/test", "all")
-    files = {entry["filename"].rsplit(".", 1)[1]: tmp_path / entry["subfolder"] / entry["filename"] for entry in result.ui["tracks"]}
+    output = Path(folder_paths.get_output_directory())
+    files = {entry["filename"].rsplit(".", 1)[1]: output / entry["subfolder"] / entry["filename"] for entry in result.ui["tracks"]}
     assert sorted(files) == ["csv", "json", "npz"]
     npz = np.load(files["npz"])
     assert npz["tracks"].shape == (2, FRAMES, 2) and npz["occluded"].shape == (2, FRAMES)

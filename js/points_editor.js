@@ -1,0 +1,179 @@
+// Points editor for "Track Points (DiffTrack)": click on the frame to add a point, drag to move it, right-click to
+// delete it. The points live in the node's `points` widget (JSON, pixels of the frames), so they are saved with the
+// workflow. The frame shown is the query frame the node sent back after its last run.
+import { app } from "../../scripts/app.js";
+
+const NODE = "DiffTrackTrackPoints";
+const DEFAULT_SIZE = [832, 480]; // frame size assumed until a frame has been seen (the shipped workflows' size)
+const HIT_RADIUS = 10; // canvas pixels
+
+function readPoints(text) {
+  try {
+    const data = JSON.parse(text);
+    return (Array.isArray(data) ? data : [data])
+      .map((p) => (Array.isArray(p) ? { x: p[0], y: p[1], t: p[2] } : p))
+      .filter((p) => Number.isFinite(p?.x) && Number.isFinite(p?.y));
+  } catch {
+    return [];
+  }
+}
+
+function colour(index, count) {
+  return `hsl(${Math.round((360 * index) / Math.max(count, 1))}, 85%, 60%)`;
+}
+
+class PointsEditor {
+  constructor(node) {
+    this.node = node;
+    this.points = node.widgets.find((w) => w.name === "points");
+    this.queryFrame = node.widgets.find((w) => w.name === "query_frame");
+    this.frame = null;
+    this.dragging = -1;
+    this.element = document.createElement("div");
+    this.element.className = "difftrack-points-editor";
+    this.element.style.cssText = "width:100%;height:100%;display:flex;justify-content:center;align-items:center;";
+    this.canvas = document.createElement("canvas");
+    this.canvas.style.cssText = "max-width:100%;max-height:100%;object-fit:contain;cursor:crosshair;background:#222;";
+    this.element.appendChild(this.canvas);
+    this.canvas.addEventListener("pointerdown", (e) => this.down(e));
+    this.canvas.addEventListener("pointermove", (e) => this.move(e));
+    this.canvas.addEventListener("pointerup", () => (this.dragging = -1));
+    this.canvas.addEventListener("contextmenu", (e) => this.remove(e));
+    const changed = this.points.callback;
+    this.points.callback = (...args) => {
+      changed?.apply(this.points, args);
+      this.draw();
+    };
+    this.draw();
+  }
+
+  size() {
+    return this.frame ? [this.frame.naturalWidth, this.frame.naturalHeight] : DEFAULT_SIZE;
+  }
+
+  toFrame(event) {
+    const box = this.canvas.getBoundingClientRect();
+    const [width, height] = this.size();
+    return {
+      x: Math.round(((event.clientX - box.left) / box.width) * width),
+      y: Math.round(((event.clientY - box.top) / box.height) * height),
+    };
+  }
+
+  nearest(event) {
+    const box = this.canvas.getBoundingClientRect();
+    const [width, height] = this.size();
+    const scale = box.width / width;
+    const at = this.toFrame(event);
+    let best = -1;
+    let bestDistance = HIT_RADIUS / scale;
+    readPoints(this.points.value).forEach((p, i) => {
+      const distance = Math.hypot(p.x - at.x, p.y - at.y);
+      if (distance <= bestDistance) [best, bestDistance] = [i, distance];
+    });
+    return best;
+  }
+
+  store(points) {
+    this.points.value = JSON.stringify(points);
+    this.points.callback?.(this.points.value);
+    this.node.setDirtyCanvas?.(true, true);
+    this.draw();
+  }
+
+  down(event) {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    event.stopPropagation();
+    const hit = this.nearest(event);
+    if (hit >= 0) {
+      this.dragging = hit;
+      return;
+    }
+    const point = { ...this.toFrame(event), t: this.queryFrame?.value ?? 0 };
+    this.store([...readPoints(this.points.value), point]);
+  }
+
+  move(event) {
+    if (this.dragging < 0) return;
+    const points = readPoints(this.points.value);
+    Object.assign(points[this.dragging], this.toFrame(event));
+    this.store(points);
+  }
+
+  remove(event) {
+    event.preventDefault();
+    event.stopPropagation();
+    const hit = this.nearest(event);
+    if (hit >= 0) this.store(readPoints(this.points.value).filter((_, i) => i !== hit));
+  }
+
+  showFrame(url) {
+    const image = new Image();
+    image.onload = () => {
+      this.frame = image;
+      this.draw();
+    };
+    image.src = url;
+  }
+
+  draw() {
+    const [width, height] = this.size();
+    this.canvas.width = width;
+    this.canvas.height = height;
+    const context = this.canvas.getContext("2d");
+    if (this.frame) context.drawImage(this.frame, 0, 0);
+    else {
+      context.fillStyle = "#aaa";
+      context.font = `${Math.round(height / 18)}px sans-serif`;
+      context.fillText("Run once to see the query frame; click to add points", width * 0.05, height * 0.1);
+    }
+    const points = readPoints(this.points.value);
+    const radius = Math.max(4, width / 120);
+    points.forEach((p, i) => {
+      context.beginPath();
+      context.arc(p.x, p.y, radius, 0, 2 * Math.PI);
+      context.fillStyle = colour(i, points.length);
+      context.fill();
+      context.lineWidth = radius / 3;
+      context.strokeStyle = "#111";
+      context.stroke();
+      context.fillStyle = "#fff";
+      context.font = `bold ${Math.round(radius * 2.2)}px sans-serif`;
+      context.fillText(String(i), p.x + radius * 1.3, p.y - radius * 1.3);
+    });
+  }
+}
+
+app.registerExtension({
+  name: "difftrack.PointsEditor",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== NODE) return;
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = created?.apply(this, arguments);
+      this.difftrackEditor = new PointsEditor(this);
+      this.addDOMWidget("points_editor", "difftrack_points_editor", this.difftrackEditor.element, {
+        serialize: false,
+        getMinHeight: () => 260,
+      });
+      this.setSize?.([Math.max(this.size[0], 420), this.size[1] + 240]);
+      return result;
+    };
+    const executed = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      executed?.apply(this, arguments);
+      const frame = message?.difftrack_frame?.[0];
+      if (frame) {
+        const query = new URLSearchParams({ filename: frame.filename, subfolder: frame.subfolder ?? "", type: frame.type });
+        this.difftrackEditor?.showFrame(`/api/view?${query}`);
+      }
+    };
+    const configured = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {
+      const result = configured?.apply(this, arguments);
+      this.difftrackEditor?.draw(); // points loaded with a workflow
+      return result;
+    };
+  },
+});

@@ -1,0 +1,95 @@
+"""The real frontend: every shipped workflow loads; the points editor edits points; a tracking run shows previews.
+
+Screenshots go to test-artifacts/ (or $DIFFTRACK_ARTIFACTS).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from comfy_server import CLIP, CLIP_SIZE, TINY_VAE, TINY_WAN
+from locate import REPO
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+TRACKING = REPO / "workflows" / "difftrack_track_points_wan21.json"
+FRAME = (832, 480)  # the shipped workflows' frame size, which the editor assumes before it has seen a frame
+NODE = "window.app.graph.nodes.find(n => n.type === 'DiffTrackTrackPoints')"
+
+
+def load(page, path) -> None:
+    page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", json.loads(path.read_text()))
+    page.wait_for_timeout(500)
+
+
+def points(page) -> list[dict]:
+    return json.loads(page.evaluate(f"() => {NODE}.widgets.find(w => w.name === 'points').value"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_loads_without_missing_nodes(page, path, artifacts):
+    load(page, path)
+    unknown = page.evaluate("""() => window.app.graph.nodes
+        .filter(n => !['MarkdownNote', 'Note'].includes(n.type) && n.constructor.comfyClass !== n.type)
+        .map(n => n.type)""")
+    assert unknown == []
+    assert page.get_by_text("Missing Node Types").count() == 0
+    page.screenshot(path=artifacts / f"workflow_{path.stem}.png")
+
+
+def test_points_editor_adds_moves_and_deletes_points(page, artifacts):
+    load(page, TRACKING)
+    page.evaluate(f"() => {{ const node = {NODE}; node.widgets.find(w => w.name === 'points').value = '[]';"
+                  " node.difftrackEditor.draw(); window.app.canvas.ds.scale = 1; window.app.canvas.centerOnNode(node);"
+                  " window.app.canvas.setDirty(true, true); }")
+    page.wait_for_timeout(300)
+    canvas = page.locator(".difftrack-points-editor canvas").first
+    box = canvas.bounding_box()
+    assert box and box["width"] > 50, "the editor is not on screen"
+    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    clicks = [(0.25, 0.3), (0.5, 0.5), (0.75, 0.7)]
+    for fx, fy in clicks:
+        page.mouse.click(*at(fx, fy))
+    stored = points(page)
+    assert len(stored) == 3
+    for point, (fx, fy) in zip(stored, clicks):
+        assert abs(point["x"] - fx * FRAME[0]) <= 12 and abs(point["y"] - fy * FRAME[1]) <= 12 and point["t"] == 0
+    page.screenshot(path=artifacts / "editor_three_points.png")
+
+    page.mouse.move(*at(0.5, 0.5))  # drag the middle point
+    page.mouse.down()
+    page.mouse.move(*at(0.6, 0.4), steps=5)
+    page.mouse.up()
+    assert abs(points(page)[1]["x"] - 0.6 * FRAME[0]) <= 12 and abs(points(page)[1]["y"] - 0.4 * FRAME[1]) <= 12
+    page.mouse.click(*at(0.6, 0.4), button="right")  # and delete it
+    assert len(points(page)) == 2
+
+
+def test_tracking_run_shows_the_frame_and_the_animated_preview(page, artifacts):
+    load(page, TRACKING)
+    sx, sy = CLIP_SIZE / FRAME[0], CLIP_SIZE / FRAME[1]
+    page.evaluate("""([tinyWan, tinyVae, clip, size, sx, sy]) => {
+        const set = (type, name, value) => window.app.graph.nodes.filter(n => n.type === type)
+            .forEach(n => { n.widgets.find(w => w.name === name).value = value; });
+        set('UNETLoader', 'unet_name', tinyWan);
+        set('VAELoader', 'vae_name', tinyVae);
+        set('LoadVideo', 'file', clip);
+        set('ImageScale', 'width', size);
+        set('ImageScale', 'height', size);
+        set('DiffTrackTrackPoints', 'frames_per_chunk', 5);
+        const widget = window.app.graph.nodes.find(n => n.type === 'DiffTrackTrackPoints').widgets.find(w => w.name === 'points');
+        widget.value = JSON.stringify(JSON.parse(widget.value).map(p => ({...p, x: p.x * sx, y: p.y * sy})));
+    }""", [TINY_WAN, TINY_VAE, CLIP, CLIP_SIZE, sx, sy])
+    page.evaluate("async () => { await window.app.queuePrompt(0); }")
+    page.wait_for_function(f"() => {NODE}.difftrackEditor.frame !== null", timeout=120_000)
+    assert page.evaluate(f"() => [{NODE}.difftrackEditor.frame.naturalWidth, {NODE}.difftrackEditor.frame.naturalHeight]") \
+        == [CLIP_SIZE, CLIP_SIZE]
+    preview = page.wait_for_function("""() => {
+        const node = window.app.graph.nodes.find(n => n.type === 'DiffTrackDrawTracks');
+        const output = window.app.nodeOutputs?.[String(node.id)] ?? window.app.nodeOutputs?.[node.id];
+        return output?.images?.[0]?.filename ?? node.imgs?.[0]?.src ?? null;
+    }""", timeout=60_000).json_value()
+    assert ".webp" in preview
+    window = page.evaluate(f"() => {{ window.app.canvas.centerOnNode({NODE}); window.app.canvas.setDirty(true, true); }}")
+    assert window is None
+    page.wait_for_timeout(500)
+    page.screenshot(path=artifacts / "tracking_run_previews.png")
