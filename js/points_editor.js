@@ -1,6 +1,7 @@
 // Points editor for "Track Points (DiffTrack)": click on the frame to add a point, drag to move it, right-click to
 // delete it. The points live in the node's `points` widget (JSON, pixels of the frames), so they are saved with the
-// workflow. The frame shown is the query frame the node sent back after its last run.
+// workflow. The frame shown is the query frame the node sent back after its last run, or an image the user picks
+// with "Load frame…" (e.g. a still of the video) before any run.
 import { app } from "../../scripts/app.js";
 
 const NODE = "DiffTrackTrackPoints";
@@ -31,7 +32,22 @@ class PointsEditor {
     this.dragging = -1;
     this.element = document.createElement("div");
     this.element.className = "difftrack-points-editor";
-    this.element.style.cssText = "width:100%;height:100%;display:flex;justify-content:center;align-items:center;";
+    this.element.style.cssText =
+      "width:100%;height:100%;display:flex;flex-direction:column;justify-content:center;align-items:center;gap:4px;";
+    this.picker = document.createElement("input");
+    this.picker.type = "file";
+    this.picker.accept = "image/*";
+    this.picker.style.display = "none";
+    this.picker.addEventListener("change", () => {
+      const file = this.picker.files?.[0];
+      if (file) this.showFrame(URL.createObjectURL(file));
+    });
+    const load = document.createElement("button");
+    load.textContent = "Load frame…";
+    load.title = "Show an image (e.g. the video's query frame) to place points on before the first run";
+    load.style.cssText = "font-size:11px;padding:1px 8px;";
+    load.addEventListener("click", () => this.picker.click());
+    this.element.append(this.picker, load);
     this.canvas = document.createElement("canvas");
     this.canvas.style.cssText = "max-width:100%;max-height:100%;object-fit:contain;cursor:crosshair;background:#222;";
     this.element.appendChild(this.canvas);

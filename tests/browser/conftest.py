@@ -19,15 +19,22 @@ def artifacts() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", params=["classic", "vue"])
+def renderer(request) -> str:
+    """The frontend's two node renderers: the LiteGraph canvas and the Vue node components."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def page(comfy_server):
+def page(comfy_server, renderer):
     if not CHROMIUM.exists():
         pytest.skip("!!! BROWSER TESTS SKIPPED: install Debian's chromium (apt-get install chromium) !!!")
     from playwright.sync_api import sync_playwright
 
     # A fresh user: skip the first-run template browser; model files are absent on purpose (the missing-nodes
     # warning, which the tests look for, stays on).
-    comfy_server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False})
+    comfy_server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False,
+                                    "Comfy.VueNodes.Enabled": renderer == "vue"})
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})

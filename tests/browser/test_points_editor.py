@@ -26,17 +26,17 @@ def points(page) -> list[dict]:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_loads_without_missing_nodes(page, path, artifacts):
+def test_workflow_loads_without_missing_nodes(page, renderer, path, artifacts):
     load(page, path)
     unknown = page.evaluate("""() => window.app.graph.nodes
         .filter(n => !['MarkdownNote', 'Note'].includes(n.type) && n.constructor.comfyClass !== n.type)
         .map(n => n.type)""")
     assert unknown == []
     assert page.get_by_text("Missing Node Types").count() == 0
-    page.screenshot(path=artifacts / f"workflow_{path.stem}.png")
+    page.screenshot(path=artifacts / f"{renderer}_workflow_{path.stem}.png")
 
 
-def test_points_editor_adds_moves_and_deletes_points(page, artifacts):
+def test_points_editor_adds_moves_and_deletes_points(page, renderer, artifacts):
     load(page, TRACKING)
     page.evaluate(f"() => {{ const node = {NODE}; node.widgets.find(w => w.name === 'points').value = '[]';"
                   " node.difftrackEditor.draw(); window.app.canvas.ds.scale = 1; window.app.canvas.centerOnNode(node);"
@@ -53,7 +53,7 @@ def test_points_editor_adds_moves_and_deletes_points(page, artifacts):
     assert len(stored) == 3
     for point, (fx, fy) in zip(stored, clicks):
         assert abs(point["x"] - fx * FRAME[0]) <= 12 and abs(point["y"] - fy * FRAME[1]) <= 12 and point["t"] == 0
-    page.screenshot(path=artifacts / "editor_three_points.png")
+    page.screenshot(path=artifacts / f"{renderer}_editor_three_points.png")
 
     page.mouse.move(*at(0.5, 0.5))  # drag the middle point
     page.mouse.down()
@@ -64,10 +64,22 @@ def test_points_editor_adds_moves_and_deletes_points(page, artifacts):
     assert len(points(page)) == 2
 
 
-def test_tracking_run_shows_the_frame_and_the_animated_preview(page, artifacts):
+def test_points_editor_shows_a_picked_frame_before_any_run(page, renderer, artifacts, tmp_path):
+    from PIL import Image
+
+    load(page, TRACKING)
+    still = tmp_path / "still.png"
+    Image.new("RGB", (320, 180), (200, 120, 40)).save(still)
+    page.locator(".difftrack-points-editor input[type=file]").first.set_input_files(str(still))
+    page.wait_for_function(f"() => {NODE}.difftrackEditor.frame?.naturalWidth === 320", timeout=10_000)
+    page.screenshot(path=artifacts / f"{renderer}_editor_picked_frame.png")
+
+
+def test_tracking_run_shows_the_frame_and_the_animated_preview(page, renderer, artifacts):
     load(page, TRACKING)
     sx, sy = CLIP_SIZE / FRAME[0], CLIP_SIZE / FRAME[1]
-    page.evaluate("""([tinyWan, tinyVae, clip, size, sx, sy]) => {
+    seed = ["classic", "vue"].index(renderer)  # a prompt of its own per renderer: cached results send no previews
+    page.evaluate("""([tinyWan, tinyVae, clip, size, sx, sy, seed]) => {
         const set = (type, name, value) => window.app.graph.nodes.filter(n => n.type === type)
             .forEach(n => { n.widgets.find(w => w.name === name).value = value; });
         set('UNETLoader', 'unet_name', tinyWan);
@@ -76,9 +88,10 @@ def test_tracking_run_shows_the_frame_and_the_animated_preview(page, artifacts):
         set('ImageScale', 'width', size);
         set('ImageScale', 'height', size);
         set('DiffTrackTrackPoints', 'frames_per_chunk', 5);
+        set('DiffTrackTrackPoints', 'seed', seed);
         const widget = window.app.graph.nodes.find(n => n.type === 'DiffTrackTrackPoints').widgets.find(w => w.name === 'points');
         widget.value = JSON.stringify(JSON.parse(widget.value).map(p => ({...p, x: p.x * sx, y: p.y * sy})));
-    }""", [TINY_WAN, TINY_VAE, CLIP, CLIP_SIZE, sx, sy])
+    }""", [TINY_WAN, TINY_VAE, CLIP, CLIP_SIZE, sx, sy, seed])
     page.evaluate("async () => { await window.app.queuePrompt(0); }")
     page.wait_for_function(f"() => {NODE}.difftrackEditor.frame !== null", timeout=120_000)
     assert page.evaluate(f"() => [{NODE}.difftrackEditor.frame.naturalWidth, {NODE}.difftrackEditor.frame.naturalHeight]") \
@@ -92,4 +105,4 @@ def test_tracking_run_shows_the_frame_and_the_animated_preview(page, artifacts):
     window = page.evaluate(f"() => {{ window.app.canvas.centerOnNode({NODE}); window.app.canvas.setDirty(true, true); }}")
     assert window is None
     page.wait_for_timeout(500)
-    page.screenshot(path=artifacts / "tracking_run_previews.png")
+    page.screenshot(path=artifacts / f"{renderer}_tracking_run_previews.png")
