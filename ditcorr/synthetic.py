@@ -1,0 +1,164 @@
+"""Synthetic videos with exact point tracks and occlusions (for training and measuring trackers).
+
+A clip is a textured background that pans, with textured sprites on top (later
+sprites in front), each moving with its own translation, rotation and scale.
+Every pixel shows a known surface point, so the track and visibility of any
+point follow exactly: a point on a sprite moves with the sprite; a point is
+visible where it is inside the frame and no sprite in front covers it.
+Everything is seeded and uses torch only.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Sprite:
+    centre: torch.Tensor  # (x, y) pixels at t = 0
+    velocity: torch.Tensor  # pixels per frame
+    size: float  # half-width in pixels at t = 0
+    angle: float  # radians at t = 0
+    spin: float  # radians per frame
+    growth: float  # relative scale change per frame
+    disc: bool  # a disc, else a square
+    texture: torch.Tensor  # [3, S, S] in [0, 1] over the sprite's local square
+
+    def pose(self, t: torch.Tensor):
+        """Centre [.., 2], angle, scale at times t."""
+        return self.centre + self.velocity * t[..., None], self.angle + self.spin * t, self.size * (1 + self.growth * t)
+
+
+@dataclass
+class Clip:
+    """frames [T, H, W, 3] in [0, 1]; tracks [N, T, 2] (x, y) pixels; visible [N, T]; query_frames [N]."""
+
+    frames: torch.Tensor
+    tracks: torch.Tensor
+    visible: torch.Tensor
+    query_frames: torch.Tensor
+
+
+def smooth_texture(generator: torch.Generator, size: int, scale: int, channels: int = 3) -> torch.Tensor:
+    """A colourful texture [C, size, size] in [0, 1]: random noise at 1/scale resolution, smoothly upsampled, plus detail."""
+    coarse = torch.rand(1, channels, max(2, size // scale), max(2, size // scale), generator=generator)
+    fine = torch.rand(1, channels, max(2, size // 2), max(2, size // 2), generator=generator)
+    texture = 0.75 * F.interpolate(coarse, size=size, mode="bicubic", align_corners=False)
+    texture = texture + 0.25 * F.interpolate(fine, size=size, mode="bilinear", align_corners=False)
+    return texture[0].clamp(0, 1)
+
+
+class Scene:
+    """A seeded random scene; render() and track() give frames and exact tracks."""
+
+    def __init__(self, seed: int, frame_size: tuple[int, int] = (64, 64), frames: int = 13, sprites: int = 3):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.frame_size, self.frames = frame_size, frames
+        height, width = frame_size
+        rand = lambda *shape: torch.rand(*shape, generator=self.generator)  # noqa: E731
+        self.pan = (rand(2) - 0.5) * 2.0  # background pixels per frame
+        self.margin = int(abs(self.pan).max() * frames) + 2
+        self.background = smooth_texture(self.generator, max(height, width) + 2 * self.margin, 8)
+        self.sprites = [
+            Sprite(centre=rand(2) * torch.tensor([width, height]), velocity=(rand(2) - 0.5) * 2 * min(height, width) / frames,
+                   size=float(min(height, width) * (0.08 + 0.1 * rand(1))), angle=float(rand(1) * math.pi),
+                   spin=float((rand(1) - 0.5) * 0.2), growth=float((rand(1) - 0.5) * 0.04), disc=bool(rand(1) < 0.5),
+                   texture=smooth_texture(self.generator, 32, 4))
+            for _ in range(sprites)
+        ]
+
+    def _local(self, sprite: Sprite, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Sprite-local coordinates in [-1, 1]^2 (inside the sprite) of pixel points at times t."""
+        centre, angle, scale = sprite.pose(t)
+        offset = points - centre
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        return torch.stack([cos * offset[..., 0] + sin * offset[..., 1], -sin * offset[..., 0] + cos * offset[..., 1]], -1) / scale[..., None]
+
+    def _inside(self, sprite: Sprite, local: torch.Tensor) -> torch.Tensor:
+        return (local.norm(dim=-1) <= 1) if sprite.disc else (local.abs().amax(dim=-1) <= 1)
+
+    def layer_at(self, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Index of the front-most layer at pixel points (0 = background, k = sprite k-1)."""
+        layer = torch.zeros(points.shape[:-1], dtype=torch.long)
+        for index, sprite in enumerate(self.sprites, start=1):
+            layer = torch.where(self._inside(sprite, self._local(sprite, points, t)), index, layer)
+        return layer
+
+    def render(self) -> torch.Tensor:
+        """[T, H, W, 3] frames, each pixel sampled at its centre."""
+        height, width = self.frame_size
+        ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+        pixels = torch.stack([xs, ys], -1).float()
+        frames = []
+        for t in range(self.frames):
+            time = torch.full((height, width), float(t))
+            frame = self._sample(self.background, self._background_coords(pixels, time))
+            for sprite in self.sprites:
+                local = self._local(sprite, pixels, time)
+                colour = self._sample(sprite.texture, local)
+                frame = torch.where(self._inside(sprite, local)[..., None], colour, frame)
+            frames.append(frame)
+        return torch.stack(frames)
+
+    def _background_coords(self, pixels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Background texture coordinates in [-1, 1] of pixel points at times t (the background pans by `pan`)."""
+        shifted = pixels + self.pan * t[..., None] + self.margin
+        return shifted / self.background.shape[-1] * 2 - 1
+
+    @staticmethod
+    def _sample(texture: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Bilinear texture colours [.., 3] at coordinates in [-1, 1]."""
+        shape = where.shape[:-1]
+        grid = where.reshape(1, 1, -1, 2).float()
+        out = F.grid_sample(texture[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[0, :, 0].T.reshape(*shape, 3)
+
+    def track(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact tracks [N, T, 2] and visibility [N, T] of (x, y, frame) query points."""
+        t0 = queries[:, 2]
+        layer = self.layer_at(queries[:, :2], t0)
+        times = torch.arange(self.frames, dtype=torch.float32)
+        tracks = queries[:, None, :2] - (times[None, :, None] - t0[:, None, None]) * self.pan  # background points
+        for index, sprite in enumerate(self.sprites, start=1):
+            mine = layer == index
+            if not mine.any():
+                continue
+            local = self._local(sprite, queries[mine, :2], t0[mine])  # [M, 2] fixed on the sprite
+            centre, angle, scale = sprite.pose(times)  # [T, 2], [T], [T]
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            u, v = local[:, None, 0] * scale, local[:, None, 1] * scale
+            tracks[mine] = centre + torch.stack([cos * u - sin * v, sin * u + cos * v], -1)
+        height, width = self.frame_size
+        inside = (tracks[..., 0] >= 0) & (tracks[..., 0] < width) & (tracks[..., 1] >= 0) & (tracks[..., 1] < height)
+        front = self.layer_at(tracks, times[None].expand(tracks.shape[0], -1))
+        return tracks, inside & (front == layer[:, None])
+
+    def queries(self, count: int, query_frame: int | None = 0) -> torch.Tensor:
+        """Random (x, y, frame) queries: on `query_frame`, or each on a random frame when None."""
+        height, width = self.frame_size
+        xy = torch.rand(count, 2, generator=self.generator) * torch.tensor([width - 1.0, height - 1.0]) + 0.5
+        frame = (torch.randint(0, self.frames, (count,), generator=self.generator).float() if query_frame is None
+                 else torch.full((count,), float(query_frame)))
+        return torch.cat([xy, frame[:, None]], dim=1)
+
+
+def make_clip(seed: int, frame_size: tuple[int, int] = (64, 64), frames: int = 13, sprites: int = 3, points: int = 64,
+              query_frame: int | None = 0) -> Clip:
+    """A rendered clip with `points` tracked query points (on `query_frame`, or random frames when None)."""
+    scene = Scene(seed, frame_size, frames, sprites)
+    queries = scene.queries(points, query_frame)
+    tracks, visible = scene.track(queries)
+    return Clip(scene.render(), tracks, visible, queries[:, 2].long())
+
+
+def tapvid_npz(clip: Clip) -> bytes:
+    """TAP-Vid layout: video uint8 [T, H, W, 3], tracks [N, T, 2] (x, y) pixels, occluded bool [N, T], query_frames [N]."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, video=(clip.frames * 255).round().byte().numpy(), tracks=clip.tracks.numpy(),
+                        occluded=(~clip.visible).numpy(), query_frames=clip.query_frames.numpy())
+    return buffer.getvalue()

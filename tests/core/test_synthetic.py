@@ -1,0 +1,53 @@
+"""Synthetic clips: tracks agree with the rendering, occlusions happen, the files have TAP-Vid's layout."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ditcorr.synthetic import Scene, make_clip, tapvid_npz
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tracks_follow_the_surface_the_renderer_draws(seed):
+    scene = Scene(seed, frame_size=(64, 64), frames=13, sprites=3)
+    queries = scene.queries(200, query_frame=None)
+    tracks, visible = scene.track(queries)
+    start_layer = scene.layer_at(queries[:, :2], queries[:, 2])
+    times = torch.arange(13).float()
+    assert torch.allclose(tracks[torch.arange(200), queries[:, 2].long()], queries[:, :2], atol=1e-4)  # on its own frame
+    for index, sprite in enumerate(scene.sprites, start=1):  # sprite points keep their local coordinates
+        mine = start_layer == index
+        if mine.any():
+            start = scene._local(sprite, queries[mine, :2], queries[mine, 2])
+            later = scene._local(sprite, tracks[mine], times[None].expand(int(mine.sum()), -1))
+            torch.testing.assert_close(later, start[:, None].expand_as(later), atol=1e-4, rtol=0)
+    shown = visible & (scene.layer_at(tracks, times[None].expand(200, -1)) == start_layer[:, None])
+    assert torch.equal(shown, visible)  # visible means: the front-most surface there is the point's own
+
+
+def test_rendered_colour_moves_with_visible_points():
+    clip = make_clip(seed=7, frame_size=(64, 64), frames=13, points=300)
+    frames = clip.frames.permute(0, 3, 1, 2)  # [T, 3, H, W]
+    def colour(t, xy):
+        grid = (xy / 64 * 2 - 1).view(1, 1, -1, 2)
+        return torch.nn.functional.grid_sample(frames[t:t + 1], grid, align_corners=False)[0, :, 0].T
+    start = colour(0, clip.tracks[:, 0])
+    errors = [(colour(t, clip.tracks[:, t]) - start).abs().amax(-1)[clip.visible[:, t] & clip.visible[:, 0]] for t in range(1, 13)]
+    assert torch.cat(errors).median() < 0.05  # textures are smooth: a visible point keeps its colour
+
+
+def test_clips_are_seeded_and_have_occlusions_and_exits():
+    first, again, other = make_clip(3), make_clip(3), make_clip(4)
+    assert torch.equal(first.frames, again.frames) and torch.equal(first.tracks, again.tracks)
+    assert not torch.equal(first.frames, other.frames)
+    hidden = torch.stack([(~make_clip(seed).visible).float().mean() for seed in range(8)])
+    assert 0.02 < hidden.mean() < 0.6
+
+
+def test_tapvid_npz_layout():
+    clip = make_clip(1, frame_size=(48, 64), frames=9, points=10)
+    data = np.load(io.BytesIO(tapvid_npz(clip)))
+    assert data["video"].shape == (9, 48, 64, 3) and data["video"].dtype == np.uint8
+    assert data["tracks"].shape == (10, 9, 2) and data["occluded"].shape == (10, 9) and data["occluded"].dtype == bool
+    assert (data["query_frames"] == 0).all()
