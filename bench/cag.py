@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    require_host()
+    require_host(cpu=args.device == "cpu")
 
     import comfy.samplers
 

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--block", type=int, default=None, help="block to capture (default: the middle one)")
     args = parser.parse_args()
-    require_host()
+    require_host(cpu=args.device == "cpu")
 
     import comfy.samplers
 

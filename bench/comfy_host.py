@@ -23,8 +23,9 @@ def find_comfyui() -> Path | None:
     return None
 
 
-def load_host(comfyui: Path):
-    """Make ComfyUI at `comfyui` importable (CPU unless a GPU is present) and import this pack by path.
+def load_host(comfyui: Path, cpu: bool | None = None):
+    """Make ComfyUI at `comfyui` importable (on the CPU when `cpu`, or when None and no GPU is present) and import
+    this pack by path.
 
     The pack is imported as a package named difftrack_pack (never by putting the
     repository on sys.path: ComfyUI owns the top-level name `nodes`).
@@ -33,7 +34,7 @@ def load_host(comfyui: Path):
         sys.path.insert(0, str(comfyui))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    comfy.cli_args.args.cpu = not torch.cuda.is_available() if cpu is None else cpu
     # GPU users run PyTorch's SDPA; CPU's default sub-quadratic backend mis-broadcasts LTXV text masks at batch > 1.
     comfy.cli_args.args.use_pytorch_cross_attention = True
     if PACK_NAME not in sys.modules:
@@ -44,12 +45,12 @@ def load_host(comfyui: Path):
     return sys.modules[PACK_NAME]
 
 
-def require_host():
+def require_host(cpu: bool | None = None):
     """load_host on the ComfyUI find_comfyui finds, or exit saying how to point at one."""
     comfyui = find_comfyui()
     if comfyui is None:
         raise SystemExit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI (>= 0.8.0) checkout.")
-    return load_host(comfyui)
+    return load_host(comfyui, cpu)
 
 
 def benchmark_model(config: str, dtype: torch.dtype, device: str, generator: torch.Generator):

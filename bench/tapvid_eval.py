@@ -9,7 +9,7 @@ resized to --size, its queries are taken as TAP-Vid does ("first": each point's
 first visible frame; "strided": every 5th frame where the point is visible),
 tracked by the Track Points node's own code (features extracted per query
 frame), and scored on the 256x256 raster. Prints one JSON line: the metrics
-averaged over videos, the options, and per-video metrics.
+(percent) averaged over videos, the options, and per-video metrics.
 """
 from __future__ import annotations
 
@@ -67,9 +67,12 @@ def evaluate(davis: str, unet: str, vae: str, size=(480, 832), query_mode="first
         pred = to_raster(tracks["track_path"].transpose(0, 1), size)
         per_video[name] = tapvid_metrics(pred, tracks["track_visibility"].T, gt, ~occluded[owners], queries[:, 2],
                                          query_mode)
-        log(f"{name}: {len(queries)} queries, AJ {per_video[name]['aj']:.3f}, "
-            f"δavg {per_video[name]['delta_avg']:.3f}, OA {per_video[name]['oa']:.3f}, {time.perf_counter() - start:.1f} s")
-    return {"mean": average(list(per_video.values())), "videos": len(per_video), "per_video": per_video,
+        log(f"{name}: {len(queries)} queries, AJ {100 * per_video[name]['aj']:.1f}, "
+            f"δavg {100 * per_video[name]['delta_avg']:.1f}, OA {100 * per_video[name]['oa']:.1f} (%), "
+            f"{time.perf_counter() - start:.1f} s")
+    percent = lambda metrics: {key: round(100 * value, 2) for key, value in metrics.items()}  # noqa: E731  as TAP-Vid tables
+    return {"mean": percent(average(list(per_video.values()))), "videos": len(per_video),
+            "per_video": {name: percent(metrics) for name, metrics in per_video.items()},
             "options": dict(size=list(size), query_mode=query_mode, readout=readout, blocks=blocks, sigma=sigma,
                             encoding=encoding, frames_per_chunk=frames_per_chunk)}
 

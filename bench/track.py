@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    require_host()
+    require_host(cpu=args.device == "cpu")
 
     from difftrack_pack.ditcorr.track import TrackSettings, track_points
     from difftrack_pack.nodes.capture import CaptureRequest

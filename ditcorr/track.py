@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .cost import forward_rows, pair_costs
+from .cost import forward_rows, pair_costs, sample_tokens
 from .features import QK
 
 Chunks = list[tuple[tuple[float, ...], QK]]
@@ -208,3 +208,20 @@ def _to_source_frames(positions: list[float], tracks: Tracks, queries: torch.Ten
     visible, confidence = tracks.visible[nearest].clone(), tracks.confidence[nearest]
     visible[on_query, columns] = True
     return Tracks(path, visible, confidence)
+
+
+def nearest_neighbour_tracks(features: torch.Tensor, queries: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
+    """Baseline tracker: each query's feature (bilinear at its point) matched to the most cosine-similar token of
+    every frame. features: [T, h, w, C] on the source frames; queries [N, 3]. Returns tracks [T, N, 2] (x, y) pixels."""
+    frames, h, w, channels = features.shape
+    height, width = frame_size
+    unit = features.float() / features.float().norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    grid_points = queries[:, :2] * torch.tensor([2.0 / width, 2.0 / height]) - 1
+    path = torch.zeros(frames, queries.shape[0], 2)
+    for frame in queries[:, 2].unique().tolist():
+        rows = (queries[:, 2] == frame).nonzero()[:, 0]
+        query = sample_tokens(unit[int(frame)][None], grid_points[rows])[0]  # [n, C]
+        best = (query @ unit.reshape(frames, h * w, channels).transpose(1, 2)).argmax(dim=-1)  # [T, n]
+        path[:, rows] = torch.stack([best % w, best // w], dim=-1).float().add(0.5) * torch.tensor([width / w, height / h])
+        path[int(frame), rows] = queries[rows, :2]
+    return path

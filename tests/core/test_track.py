@@ -60,3 +60,14 @@ def test_query_point_sits_on_its_own_frame_and_output_shapes():
     assert torch.equal(tracks.path[0, 0], queries[0, :2]) and torch.equal(tracks.path[2, 1], queries[1, :2])
     assert tracks.visible[0, 0] and tracks.visible[2, 1]
     assert math.isfinite(tracks.confidence.sum().item())
+
+
+def test_nearest_neighbour_baseline_finds_identical_features():
+    from ditcorr.track import nearest_neighbour_tracks
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, 16, generator=generator)  # [h, w, C] of frame 0
+    shifted = torch.roll(base, shifts=(1, 2), dims=(0, 1))  # frame 1: everything moved 1 row down, 2 columns right
+    features = torch.stack([base, shifted])
+    queries = torch.tensor([[(1 + 0.5) * 8, (2 + 0.5) * 8, 0.0]])  # token (row 2, col 1) centre, 8-px tokens
+    path = nearest_neighbour_tracks(features, queries, (32, 48))
+    assert path[0, 0].tolist() == [12.0, 20.0] and path[1, 0].tolist() == [(3 + 0.5) * 8, (3 + 0.5) * 8]
