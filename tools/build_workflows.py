@@ -64,6 +64,15 @@ def sampler_links(sampler: str, model: str) -> list:
 
 T2V_NODES, T2V_LINKS = text_to_video(0)
 PATCH_NODES, PATCH_LINKS = text_to_video(330)
+# Loaders and a loaded video scaled to 832x480: the front of every graph that reads a real video.
+VIDEO_NODES = {
+    "model": ("UNETLoader", WAN, (0, 0)),
+    "vae": ("VAELoader", VAE, (0, 160)),
+    "video": ("LoadVideo", {"file": "input.mp4"}, (0, 300)),
+    "frames": ("GetVideoComponents", {}, (0, 660)),
+    "scale": ("ImageScale", SCALE, (360, 660)),
+}
+VIDEO_LINKS = [("video", 0, "frames", "video"), ("frames", 0, "scale", "image")]
 
 # Each graph: nodes as key -> (class, widget values, (x, y)); links as (source key, output slot, target key, input name).
 GRAPHS = {
@@ -76,11 +85,7 @@ GRAPHS = {
               "Wan 2.1 T2V 1.3B (bf16) fits 24 GB at 832x480; keep clips under ~80 frames or lower *frames_per_chunk*. "
               "`refined` read-out gives sub-token precision; `argmax` is the published DiffTrack read-out."),
         nodes={
-            "model": ("UNETLoader", WAN, (0, 0)),
-            "vae": ("VAELoader", VAE, (0, 160)),
-            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 300)),
-            "frames": ("GetVideoComponents", {}, (0, 660)),
-            "scale": ("ImageScale", SCALE, (360, 660)),
+            **VIDEO_NODES,
             "track": ("DiffTrackTrackPoints", {"points": '[{"x": 300, "y": 200}, {"x": 520, "y": 260}, {"x": 416, "y": 360}]'},
                       (700, 0)),
             "draw": ("DiffTrackDrawTracks", {}, (1100, 0)),
@@ -88,10 +93,9 @@ GRAPHS = {
             "save": ("SaveVideo", {"filename_prefix": "difftrack/tracks", **VIDEO_OUT}, (1780, 0)),
             "files": ("DiffTrackSaveTracks", {"filename_prefix": "difftrack/tracks"}, (1100, 420)),
         },
-        links=[("frames", 0, "scale", "image"), ("video", 0, "frames", "video"), ("model", 0, "track", "model"),
-               ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"), ("scale", 0, "draw", "images"),
-               ("track", 0, "draw", "tracks"), ("draw", 0, "fps", "images"), ("fps", 0, "save", "video"),
-               ("track", 0, "files", "tracks")],
+        links=[*VIDEO_LINKS, ("model", 0, "track", "model"), ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"),
+               ("scale", 0, "draw", "images"), ("track", 0, "draw", "tracks"), ("draw", 0, "fps", "images"),
+               ("fps", 0, "save", "video"), ("track", 0, "files", "tracks")],
     ),
     "difftrack_attention_map_wan21": dict(
         note=("## Where did this patch go? Attention maps for a clicked point\n"
@@ -100,19 +104,15 @@ GRAPHS = {
               "*Extract Features* reads q/k of the middle block (`auto`); try other blocks to see where correspondence "
               "lives in your model. Wan 2.1 T2V 1.3B fits 24 GB."),
         nodes={
-            "model": ("UNETLoader", WAN, (0, 0)),
-            "vae": ("VAELoader", VAE, (0, 160)),
-            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 300)),
-            "frames": ("GetVideoComponents", {}, (0, 660)),
-            "scale": ("ImageScale", SCALE, (360, 660)),
+            **VIDEO_NODES,
             "features": ("DiffTrackExtractFeatures", {}, (700, 0)),
             "map": ("DiffTrackAttentionMap", {"x": 416, "y": 240}, (1100, 0)),
             "fps": ("CreateVideo", {"fps": 16.0}, (1440, 0)),
             "save": ("SaveVideo", {"filename_prefix": "difftrack/attention_map", **VIDEO_OUT}, (1780, 0)),
         },
-        links=[("video", 0, "frames", "video"), ("frames", 0, "scale", "image"), ("model", 0, "features", "model"),
-               ("vae", 0, "features", "vae"), ("scale", 0, "features", "images"), ("features", 0, "map", "features"),
-               ("scale", 0, "map", "images"), ("map", 0, "fps", "images"), ("fps", 0, "save", "video")],
+        links=[*VIDEO_LINKS, ("model", 0, "features", "model"), ("vae", 0, "features", "vae"),
+               ("scale", 0, "features", "images"), ("features", 0, "map", "features"), ("scale", 0, "map", "images"),
+               ("map", 0, "fps", "images"), ("fps", 0, "save", "video")],
     ),
     "difftrack_cag_vs_cfg_wan21": dict(
         note=("## Cross-Attention Guidance next to plain CFG, same seed\n"
