@@ -61,9 +61,10 @@ class Scene:
         self.frame_size, self.frames = frame_size, frames
         height, width = frame_size
         rand = lambda *shape: torch.rand(*shape, generator=self.generator)  # noqa: E731
-        self.pan = (rand(2) - 0.5) * 2.0  # background pixels per frame
+        scale = min(height, width) / 64  # motion and texture grow with the frame, so larger clips are no easier
+        self.pan = (rand(2) - 0.5) * 2.0 * scale  # background pixels per frame
         self.margin = int(abs(self.pan).max() * frames) + 2
-        self.background = smooth_texture(self.generator, max(height, width) + 2 * self.margin, 8)
+        self.background = smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale)))
         self.sprites = [
             Sprite(centre=rand(2) * torch.tensor([width, height]), velocity=(rand(2) - 0.5) * 2 * min(height, width) / frames,
                    size=float(min(height, width) * (0.08 + 0.1 * rand(1))), angle=float(rand(1) * math.pi),
