@@ -1,0 +1,266 @@
+"""Train the tiny Wan 2.1-format VAE and DiT shipped in assets/tiny_wan/ (how they were made: its NOTE.md).
+
+    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --out assets/tiny_wan [--clips 6000 --dit-minutes 6]
+
+Clips come from ditcorr.synthetic (256x256, 13 frames; seeds TRAIN_SEED_BASE + i,
+which bench/quality.py never draws). Then, on one GPU:
+
+1. the VAE (ComfyUI's WanVAE class, base width 8) learns to reconstruct single
+   frames through its own encode/decode, the path ComfyUI takes for a one-frame
+   video; afterwards its 1x1 latent convolutions are rescaled so that Wan 2.1's
+   latent normalisation maps its latents to zero mean and unit variance;
+2. every frame is encoded alone (the pack's per-frame encoding) and the DiT
+   (ComfyUI's WanModel class, dim 256) learns flow matching as Wan does, on the
+   normalised latents, with a fixed all-zero text context.
+
+Both are written as the safetensors the stock VAELoader and UNETLoader read,
+with a JSON record of the run (settings, steps, losses, time, device).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from comfy_host import require_host
+
+TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
+VAE_FILE, DIT_FILE = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
+VAE_DIM = 8
+DIT_CONFIG = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=8)  # 16 MB budget for both files (bf16)
+
+
+def render(seed_size_frames: tuple[int, int, int]) -> np.ndarray:
+    from difftrack_pack.ditcorr.synthetic import Scene
+
+    seed, size, frames = seed_size_frames
+    torch.set_num_threads(1)
+    return (Scene(seed, (size, size), frames).render() * 255).round().byte().numpy()
+
+
+def render_clips(count: int, size: int, frames: int, workers: int) -> torch.Tensor:
+    """[count, T, H, W, 3] uint8 training clips, rendered in parallel (before CUDA starts: the pool forks)."""
+    jobs = [(TRAIN_SEED_BASE + index, size, frames) for index in range(count)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return torch.from_numpy(np.stack(pool.map(render, jobs, chunksize=16)))
+
+
+def differentiable_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Wan's RoPE in plain torch ops (comfy_kitchen's fused op, when installed, has no backward)."""
+    pairs = x.to(freqs.dtype).reshape(*x.shape[:-1], -1, 1, 2)
+    return (freqs[..., 0] * pairs[..., 0] + freqs[..., 1] * pairs[..., 1]).reshape(*x.shape).type_as(x)
+
+
+def new_vae(device: str):
+    from comfy.ldm.wan.vae import WanVAE
+    from random_models import randomize_
+
+    vae = WanVAE(dim=VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+    randomize_(vae)
+    with torch.no_grad():
+        for name, param in vae.named_parameters():
+            if name.endswith("gamma"):  # RMS norm gains start at one
+                param.fill_(1.0)
+    return vae.to(device)
+
+
+def new_dit(device: str):
+    import comfy.ldm.wan.model
+    import comfy.ops
+    from random_models import randomize_
+
+    comfy.ldm.wan.model.apply_rope1 = differentiable_rope
+    dit = comfy.ldm.wan.model.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, freq_dim=256,
+                                       window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+                                       **DIT_CONFIG, operations=comfy.ops.disable_weight_init)
+    randomize_(dit)
+    with torch.no_grad():  # start as a zero predictor, as DiTs do
+        dit.head.head.weight.zero_()
+        dit.head.head.bias.zero_()
+    return dit.to(device)
+
+
+def to_pixels(frames: torch.Tensor, device: str) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> one-frame videos [N, 3, 1, H, W] in [-1, 1] (ComfyUI's VAE input scaling)."""
+    return frames.to(device).permute(0, 3, 1, 2)[:, :, None].float() / 127.5 - 1
+
+
+def lr_at(step: int, progress: float, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to a tenth of the peak as progress goes 0 -> 1."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_vae(clips: torch.Tensor, steps: int, batch: int, device: str, log: list) -> torch.nn.Module:
+    vae = new_vae(device)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    frames = clips.flatten(0, 1)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, step / steps, 1e-3)
+        x = to_pixels(frames[torch.randint(len(frames), (batch,), generator=generator)], device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            latent = vae.encode(x)
+            reconstruction = vae.decode(latent).float()
+        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + 1e-4 * latent.float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.append({"phase": "vae", "step": step, "loss": round(loss.item(), 5)})
+            print(json.dumps(log[-1]), flush=True)
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode(vae, frames: torch.Tensor, device: str, batch: int = 256) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> latents [N, 16, h, w] (the encoder's mean, as ComfyUI's VAE returns it)."""
+    out = []
+    for start in range(0, len(frames), batch):
+        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            out.append(vae.encode(to_pixels(frames[start:start + batch], device))[:, :, 0].float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def normalise_latents(vae, sample: torch.Tensor) -> None:
+    """Rescale the VAE's 1x1 latent convolutions so that Wan 2.1's process_in maps its latents to N(0, 1) per channel.
+
+    encoder: mu' = M + S (mu - m) / s; decoder: conv2'(mu') = conv2(mu), exactly (both convolutions are affine).
+    m, s: the latents' own per-channel mean and std on `sample` [N, 16, h, w]; M, S: Wan 2.1's latents_mean/std."""
+    import comfy.latent_formats
+
+    wan = comfy.latent_formats.Wan21()
+    M, S = wan.latents_mean.flatten().to(sample), wan.latents_std.flatten().to(sample)
+    m, s = sample.mean(dim=(0, 2, 3)), sample.std(dim=(0, 2, 3))
+    gain = S / s
+    mean_weight, mean_bias = vae.conv1.weight[:16], vae.conv1.bias[:16]
+    mean_weight.mul_(gain.view(-1, 1, 1, 1, 1).to(mean_weight))
+    mean_bias.copy_(M + gain * (mean_bias.float() - m))
+    decode_weight = vae.conv2.weight  # [16, 16, 1, 1, 1]
+    vae.conv2.bias.add_((decode_weight[..., 0, 0, 0].float() @ (m - M / gain)).to(vae.conv2.bias))
+    decode_weight.mul_((1 / gain).view(1, -1, 1, 1, 1).to(decode_weight))
+
+
+def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
+    """Half uniform, half shifted as Wan's sampler schedule (shift 8) spends its steps."""
+    u = torch.rand(count, generator=generator)
+    shifted = 8 * u / (1 + 7 * u)
+    return torch.where(torch.arange(count) % 2 == 0, u, shifted)
+
+
+def train_dit(latents: torch.Tensor, max_steps: int, minutes: float, batch: int, device: str, compile_model: bool,
+              log: list) -> tuple[torch.nn.Module, int]:
+    """latents: [N, 16, T, h, w] normalised clean latents on `device`. Stops at max_steps or after `minutes`
+    (compilation included); the learning rate decays over whichever comes first."""
+    dit = new_dit(device)
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99))
+    forward = torch.compile(dit) if compile_model else dit
+    context = torch.zeros(batch, 1, 4096, device=device)
+    generator = torch.Generator().manual_seed(0)
+    started, step, losses = time.time(), 0, []
+    while step < max_steps and time.time() - started < minutes * 60:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, max(step / max_steps, (time.time() - started) / (minutes * 60)), 5e-4)
+        clean = latents[torch.randint(len(latents), (batch,), generator=generator).to(device)].float()
+        reverse = (torch.rand(batch, generator=generator) < 0.5).to(device)  # per-frame latents: time reversal is exact
+        clean = torch.where(reverse.view(-1, 1, 1, 1, 1), clean.flip(2), clean)
+        sigma = sample_sigmas(batch, generator).to(device)
+        noise = torch.randn_like(clean)
+        noisy = clean + sigma.view(-1, 1, 1, 1, 1) * (noise - clean)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            velocity = forward(noisy, sigma * 1000, context)
+        loss = F.mse_loss(velocity.float(), noise - clean)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.detach())
+        if step % 200 == 0:
+            log.append({"phase": "dit", "step": step, "loss": round(torch.stack(losses).mean().item(), 5),
+                        "seconds": round(time.time() - started, 1)})
+            losses = []
+            print(json.dumps(log[-1]), flush=True)
+        step += 1
+    log.append({"phase": "dit", "step": step, "loss": round(torch.stack(losses).mean().item(), 5) if losses else None,
+                "seconds": round(time.time() - started, 1)})
+    print(json.dumps(log[-1]), flush=True)
+    return dit, step
+
+
+def save(module: torch.nn.Module, path: Path) -> None:
+    import safetensors.torch
+
+    safetensors.torch.save_file({k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in module.state_dict().items()},
+                                str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--clips", type=int, default=6000)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=13)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-batch", type=int, default=32)
+    parser.add_argument("--dit-steps", type=int, default=8000)
+    parser.add_argument("--dit-minutes", type=float, default=6.0, help="stop the DiT earlier once this much time passed")
+    parser.add_argument("--dit-batch", type=int, default=32)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
+    parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    require_host(cpu=args.device == "cpu")
+    torch.manual_seed(0)
+    started, log = time.time(), []
+    clips = render_clips(args.clips, args.size, args.frames, args.workers)
+    render_s = time.time() - started
+    print(json.dumps({"rendered": list(clips.shape), "seconds": round(render_s, 1)}), flush=True)
+
+    vae = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log)
+    vae_s = time.time() - started - render_s
+    frames = clips.flatten(0, 1)
+    normalise_latents(vae, encode(vae, frames[torch.randperm(len(frames))[:2048]], args.device))
+    import comfy.latent_formats
+
+    latent_format = comfy.latent_formats.Wan21()
+    latents = encode(vae, frames, args.device)  # [N*T, 16, h, w]
+    latents = latents.view(args.clips, args.frames, *latents.shape[1:]).transpose(1, 2)  # [N, 16, T, h, w]
+    latents = latent_format.process_in(latents.cpu()).to(args.device, torch.bfloat16)
+    del clips, frames
+    print(json.dumps({"latents": list(latents.shape), "mean": round(latents.float().mean().item(), 4),
+                      "std": round(latents.float().std().item(), 4)}), flush=True)
+    encode_s = time.time() - started - render_s - vae_s
+
+    dit, steps = train_dit(latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile, log)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save(vae, args.out / VAE_FILE)
+    save(dit, args.out / DIT_FILE)
+    record = {
+        "command": "python bench/train_tiny.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                             if k not in ("out", "compile")) + (" --compile" if args.compile else ""),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+        "train_seed_base": TRAIN_SEED_BASE, "vae_dim": VAE_DIM, "dit_config": DIT_CONFIG, "dit_steps_done": steps,
+        "seconds": {"render": round(render_s, 1), "vae": round(vae_s, 1), "encode": round(encode_s, 1),
+                    "dit": round(time.time() - started - render_s - vae_s - encode_s, 1)},
+        "final_vae_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "vae"),
+        "final_dit_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "dit" and e["loss"] is not None),
+        "log": log,
+    }
+    (args.out / "training.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if k != "log"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
