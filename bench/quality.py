@@ -1,8 +1,10 @@
 """Tracking quality on synthetic clips with exact ground truth, against three baselines.
 
-    python bench/quality.py --seed S --clips N --unet <dit.safetensors> --vae <vae.safetensors> [--device cpu|cuda]
+    python bench/quality.py --seed S --clips N [--device cpu|cuda] [--unet <dit.safetensors> --vae <vae.safetensors>]
 
-Each clip (ditcorr.synthetic, seeded from S) is encoded per frame and run through
+The models default to the tiny DiT and VAE in assets/tiny_wan/ (bench/train_tiny.py
+trained them on such clips, never on seeds this script draws). Each clip
+(ditcorr.synthetic, 256x256 by default, seeded from S) is encoded per frame and run through
 the same code as the nodes (extract_from_latent, track_points) for every block;
 queries are on frame 0, scored TAP-Vid style on the 256x256 raster. Prints one
 JSON line, metrics in percent as TAP-Vid tables report them: delta_avg, aj, oa (refined read-out at the best block, occlusion
@@ -20,10 +22,13 @@ import statistics
 
 import torch
 
-from comfy_host import require_host
+from comfy_host import REPO, require_host
+from train_tiny import DIT_FILE, VAE_FILE
+
+TINY_WAN = REPO / "assets" / "tiny_wan"
 
 
-def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 64, frames: int = 13, points: int = 64,
+def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13, points: int = 64,
              sigma: float = 0.2, blocks: list[int] | None = None) -> dict:
     import comfy.sd
     import comfy.utils
@@ -96,10 +101,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--clips", type=int, default=50)
-    parser.add_argument("--unet", required=True)
-    parser.add_argument("--vae", required=True)
+    parser.add_argument("--unet", default=str(TINY_WAN / DIT_FILE), help="default: the tiny DiT trained on these clips")
+    parser.add_argument("--vae", default=str(TINY_WAN / VAE_FILE), help="default: the tiny VAE trained on these clips")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=13)
     parser.add_argument("--sigma", type=float, default=0.2)
     args = parser.parse_args()
