@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from headless import REPO, input_specs, is_widget
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 MODELS = {
     "wan2.1_t2v_1.3B_bf16.safetensors": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors",
@@ -29,8 +29,6 @@ MODELS = {
 }
 DIRECTORIES = {"UNETLoader": "diffusion_models", "VAELoader": "vae", "CLIPLoader": "text_encoders",
                "CLIPVisionLoader": "clip_vision", "LoraLoaderModelOnly": "loras"}
-UI_ONLY = {"MarkdownNote", "Note"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 WAN = {"unet_name": "wan2.1_t2v_1.3B_bf16.safetensors", "weight_dtype": "default"}
 VAE = {"vae_name": "wan_2.1_vae.safetensors"}
@@ -200,15 +198,6 @@ GRAPHS = {
                ("out", 0, "save", "video")],
     ),
 }
-
-
-def input_specs(info: dict) -> list[tuple[str, list]]:
-    return [(name, spec) for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()]
-
-
-def is_widget(spec: list) -> bool:
-    kind, options = spec[0], spec[1] if len(spec) > 1 else {}
-    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput", False)
 
 
 def default_value(spec: list):

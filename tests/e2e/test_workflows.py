@@ -13,10 +13,10 @@ import av
 import pytest
 from comfy_cli.workflow_to_api import convert_ui_to_api
 from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN, TINY_WAN_I2V
+from headless import UI_ONLY, ui_to_api, widget_inputs
 from locate import REPO
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-UI_ONLY = {"MarkdownNote", "Note"}
 FILE_COMBOS = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "CLIPLoader": "clip_name", "LoadVideo": "file",
                "CLIPVisionLoader": "clip_name", "LoraLoaderModelOnly": "lora_name"}
 
@@ -34,14 +34,6 @@ def test_workflows_are_shipped_and_listed_by_the_server(comfy_server):
     assert len(WORKFLOWS) == 5
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-difftrack"]) == sorted(path.stem for path in WORKFLOWS)
-
-
-def widget_inputs(info: dict):
-    for section in ("required", "optional"):
-        for name, spec in info["input"].get(section, {}).items():
-            kind, options = spec[0], spec[1] if len(spec) > 1 else {}
-            if (isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")) and not options.get("forceInput"):
-                yield name, kind, options
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -77,6 +69,14 @@ def test_workflow_matches_object_info(path, object_info):
         in_spec = next(spec for section in ("required", "optional")
                        for name, spec in object_info[nodes[target]["type"]]["input"].get(section, {}).items() if name == in_name)
         assert kind == out_type == in_spec[0], f"{path.name}: link {link_id} {out_type} -> {in_name} ({in_spec[0]})"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_own_converter_matches_comfy_cli(path, object_info):
+    """The demo's converter (tools/headless.py) gives the prompt comfy-cli's maintained converter gives."""
+    reference = convert_ui_to_api(load(path), object_info)
+    assert ui_to_api(load(path), object_info) == {key: {"class_type": node["class_type"], "inputs": node["inputs"]}
+                                                  for key, node in reference.items()}
 
 
 def bypass(prompt: dict, key: str, through: str) -> None:
