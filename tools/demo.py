@@ -1,0 +1,122 @@
+"""Track points through a bundled synthetic clip with the shipped tracking workflow, on the tiny trained models.
+
+    python tools/demo.py [--out demo_output] [--gpu]
+
+Starts ComfyUI headless (found at $COMFYUI_PATH, as the parent of the
+custom_nodes/ holding this pack, or at ~/ComfyUI) with this pack installed,
+turns workflows/difftrack_track_points_wan21.json into a prompt, points it at
+assets/tiny_wan/ (a Wan 2.1-format DiT and VAE trained on such clips, see
+bench/train_tiny.py) and assets/demo/clip.mp4, and runs it through /prompt.
+Writes the video with drawn tracks and the tracks (JSON, npz, CSV) to --out,
+and prints one JSON line with TAP-Vid scores against the clip's exact tracks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from headless import REPO, ComfyServer, install_pack, ui_to_api
+
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+from comfy_host import find_comfyui  # noqa: E402
+from train_tiny import DIT_FILE, VAE_FILE  # noqa: E402
+
+TINY_WAN = REPO / "assets" / "tiny_wan"
+DEMO = REPO / "assets" / "demo"
+CLIP, TRUTH = DEMO / "clip.mp4", DEMO / "clip_tracks.npz"
+WORKFLOW = REPO / "workflows" / "difftrack_track_points_wan21.json"
+SEED, SIZE, FRAMES, POINTS, FPS = 7, 256, 13, 24, 6  # the clip's seed is one neither training nor quality.py draws
+
+
+def write_clip() -> None:
+    """Render the bundled clip and its exact tracks (run once; the files are committed)."""
+    import av
+    import numpy as np
+
+    from ditcorr.synthetic import make_clip
+
+    clip = make_clip(SEED, (SIZE, SIZE), FRAMES, points=POINTS)
+    DEMO.mkdir(parents=True, exist_ok=True)
+    with av.open(str(CLIP), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"crf": "12"})
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv444p"
+        for frame in (clip.frames * 255).round().byte().numpy():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    np.savez_compressed(TRUTH, tracks=clip.tracks.numpy(), occluded=(~clip.visible).numpy(),
+                        query_frames=clip.query_frames.numpy())
+
+
+def demo_prompt(object_info: dict, points: list[dict]) -> dict:
+    """The shipped tracking workflow as a prompt, on the tiny models and the bundled clip."""
+    prompt = ui_to_api(json.loads(WORKFLOW.read_text()), object_info)
+    changes = {"UNETLoader": {"unet_name": DIT_FILE}, "VAELoader": {"vae_name": VAE_FILE}, "LoadVideo": {"file": CLIP.name},
+               "ImageScale": {"width": SIZE, "height": SIZE}, "CreateVideo": {"fps": float(FPS)},
+               "DiffTrackTrackPoints": {"points": json.dumps(points)}}
+    for node in prompt.values():
+        node["inputs"].update(changes.get(node["class_type"], {}))
+    return prompt
+
+
+def score(npz_path: Path) -> dict:
+    """TAP-Vid scores (percent, query-first) of the written npz against the clip's exact tracks."""
+    import numpy as np
+    import torch
+
+    from ditcorr.metrics import tapvid_metrics
+
+    found, truth = np.load(npz_path), np.load(TRUTH)
+    metrics = tapvid_metrics(torch.from_numpy(found["tracks"]), ~torch.from_numpy(found["occluded"]),
+                             torch.from_numpy(truth["tracks"]), ~torch.from_numpy(truth["occluded"]),
+                             torch.from_numpy(truth["query_frames"]), "first")
+    return {name: round(100 * float(value), 2) for name, value in metrics.items() if name in ("delta_avg", "aj", "oa")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo_output"))
+    parser.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
+    parser.add_argument("--write-clip", action="store_true", help="re-render assets/demo/ (maintainers)")
+    args = parser.parse_args()
+    if args.write_clip:
+        write_clip()
+        return
+    comfyui = find_comfyui()
+    if comfyui is None:
+        raise SystemExit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI (>= 0.8.0) checkout.")
+    started = time.time()
+    base = Path(tempfile.mkdtemp(prefix="difftrack_demo_"))
+    install_pack(base)
+    for folder, name in (("diffusion_models", DIT_FILE), ("vae", VAE_FILE)):
+        (base / "models" / folder).mkdir(parents=True)
+        (base / "models" / folder / name).symlink_to(TINY_WAN / name)
+    (base / "input").mkdir()
+    shutil.copy(CLIP, base / "input" / CLIP.name)
+    import numpy as np
+
+    first_frame = np.load(TRUTH)["tracks"][:, 0]
+    points = [{"x": round(float(x), 2), "y": round(float(y), 2)} for x, y in first_frame]
+    server = ComfyServer(comfyui, base, cpu=not args.gpu)
+    server.start()
+    try:
+        entry = server.run(demo_prompt(server.get("/object_info"), points))
+    finally:
+        server.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for suffix in (".mp4", ".json", ".npz", ".csv"):
+        for path in server.output_files(entry, suffix):
+            written[suffix] = str(shutil.copy(path, args.out / path.name))
+    shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps({"video": written[".mp4"], "tracks": written[".json"], "points": len(points), "frames": FRAMES,
+                      "scores_vs_exact_tracks": score(Path(written[".npz"])), "seconds": round(time.time() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()
