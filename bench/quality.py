@@ -22,10 +22,8 @@ import statistics
 
 import torch
 
-from comfy_host import REPO, require_host
-from train_tiny import DIT_FILE, VAE_FILE
-
-TINY_WAN = REPO / "assets" / "tiny_wan"
+from comfy_host import require_host
+from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE
 
 
 def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13, points: int = 64,

@@ -1,6 +1,8 @@
-"""Train the tiny Wan 2.1-format VAE and DiT shipped in assets/tiny_wan/ (how they were made: its NOTE.md).
+"""Train the tiny Wan 2.1-format VAE and DiT shipped in assets/tiny_wan/ (how they were made: assets/README.md).
 
-    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --out assets/tiny_wan [--clips 6000 --dit-minutes 6]
+    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py [--out assets/tiny_wan] --compile
+
+The defaults are the settings of the shipped run.
 
 Clips come from ditcorr.synthetic (256x256, 13 frames; seeds TRAIN_SEED_BASE + i,
 which bench/quality.py never draws). Then, on one GPU:
@@ -29,8 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from comfy_host import require_host
+from comfy_host import REPO, require_host
 
+TINY_WAN = REPO / "assets" / "tiny_wan"
 TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
 VAE_FILE, DIT_FILE = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
 VAE_DIM = 8
@@ -208,14 +211,14 @@ def save(module: torch.nn.Module, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--clips", type=int, default=6000)
+    parser.add_argument("--out", type=Path, default=TINY_WAN)
+    parser.add_argument("--clips", type=int, default=3000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=13)
-    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-batch", type=int, default=32)
-    parser.add_argument("--dit-steps", type=int, default=8000)
-    parser.add_argument("--dit-minutes", type=float, default=6.0, help="stop the DiT earlier once this much time passed")
+    parser.add_argument("--dit-steps", type=int, default=100_000, help="stop the DiT after this many steps")
+    parser.add_argument("--dit-minutes", type=float, default=12.0, help="stop the DiT once this much time passed")
     parser.add_argument("--dit-batch", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
@@ -223,13 +226,18 @@ def main() -> None:
     args = parser.parse_args()
     require_host(cpu=args.device == "cpu")
     torch.manual_seed(0)
-    started, log = time.time(), []
+    log, seconds, marks = [], {}, [time.time()]
+
+    def lap(phase: str) -> None:
+        marks.append(time.time())
+        seconds[phase] = round(marks[-1] - marks[-2], 1)
+
     clips = render_clips(args.clips, args.size, args.frames, args.workers)
-    render_s = time.time() - started
-    print(json.dumps({"rendered": list(clips.shape), "seconds": round(render_s, 1)}), flush=True)
+    lap("render")
+    print(json.dumps({"rendered": list(clips.shape), "seconds": seconds["render"]}), flush=True)
 
     vae = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log)
-    vae_s = time.time() - started - render_s
+    lap("vae")
     frames = clips.flatten(0, 1)
     normalise_latents(vae, encode(vae, frames[torch.randperm(len(frames))[:2048]], args.device))
     import comfy.latent_formats
@@ -241,9 +249,10 @@ def main() -> None:
     del clips, frames
     print(json.dumps({"latents": list(latents.shape), "mean": round(latents.float().mean().item(), 4),
                       "std": round(latents.float().std().item(), 4)}), flush=True)
-    encode_s = time.time() - started - render_s - vae_s
+    lap("encode")
 
     dit, steps = train_dit(latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile, log)
+    lap("dit")
     args.out.mkdir(parents=True, exist_ok=True)
     save(vae, args.out / VAE_FILE)
     save(dit, args.out / DIT_FILE)
@@ -252,8 +261,7 @@ def main() -> None:
                                                              if k not in ("out", "compile")) + (" --compile" if args.compile else ""),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
         "train_seed_base": TRAIN_SEED_BASE, "vae_dim": VAE_DIM, "dit_config": DIT_CONFIG, "dit_steps_done": steps,
-        "seconds": {"render": round(render_s, 1), "vae": round(vae_s, 1), "encode": round(encode_s, 1),
-                    "dit": round(time.time() - started - render_s - vae_s - encode_s, 1)},
+        "seconds": seconds,
         "final_vae_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "vae"),
         "final_dit_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "dit" and e["loss"] is not None),
         "log": log,

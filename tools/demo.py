@@ -20,13 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from headless import REPO, ComfyServer, install_pack, ui_to_api
 
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from comfy_host import find_comfyui  # noqa: E402
-from train_tiny import DIT_FILE, VAE_FILE  # noqa: E402
+from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE  # noqa: E402
 
-TINY_WAN = REPO / "assets" / "tiny_wan"
 DEMO = REPO / "assets" / "demo"
 CLIP, TRUTH = DEMO / "clip.mp4", DEMO / "clip_tracks.npz"
 WORKFLOW = REPO / "workflows" / "difftrack_track_points_wan21.json"
@@ -36,7 +37,6 @@ SEED, SIZE, FRAMES, POINTS, FPS = 7, 256, 13, 24, 6  # the clip's seed is one ne
 def write_clip() -> None:
     """Render the bundled clip and its exact tracks (run once; the files are committed)."""
     import av
-    import numpy as np
 
     from ditcorr.synthetic import make_clip
 
@@ -66,7 +66,6 @@ def demo_prompt(object_info: dict, points: list[dict]) -> dict:
 
 def score(npz_path: Path) -> dict:
     """TAP-Vid scores (percent, query-first) of the written npz against the clip's exact tracks."""
-    import numpy as np
     import torch
 
     from ditcorr.metrics import tapvid_metrics
@@ -98,8 +97,6 @@ def main() -> None:
         (base / "models" / folder / name).symlink_to(TINY_WAN / name)
     (base / "input").mkdir()
     shutil.copy(CLIP, base / "input" / CLIP.name)
-    import numpy as np
-
     first_frame = np.load(TRUTH)["tracks"][:, 0]
     points = [{"x": round(float(x), 2), "y": round(float(y), 2)} for x, y in first_frame]
     server = ComfyServer(comfyui, base, cpu=not args.gpu)

@@ -1,4 +1,4 @@
-"""The tiny trained models in assets/tiny_wan/: loaded by the stock loaders, they reconstruct and generate sprite clips.
+"""The tiny trained models in assets/tiny_wan/: the stock loaders read them, the VAE reconstructs, the DiT samples.
 
 Writes test-artifacts/tiny_wan_samples.png (generated frames over real ones) for people to look at.
 """
@@ -10,13 +10,12 @@ import folder_paths
 import nodes
 from PIL import Image
 from locate import REPO
-from train_tiny import DIT_FILE, VAE_FILE, encode, new_vae, normalise_latents
+from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, new_vae, normalise_latents
 
 from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.cag_nodes import ZeroConditioning
 from hostlib import node_output
 
-TINY_WAN = REPO / "assets" / "tiny_wan"
 SIZE, FRAMES = 256, 13
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -33,7 +32,7 @@ def test_weights_fit_the_budget():
     assert len(sizes) == 2 and sum(sizes) <= 16 * 2 ** 20
 
 
-def test_latent_normalisation_keeps_reconstructions(tmp_path):
+def test_latent_normalisation_keeps_reconstructions():
     """normalise_latents rescales the 1x1 latent convolutions exactly: same reconstructions, N(0, 1) after process_in."""
     import comfy.latent_formats
 
