@@ -97,10 +97,14 @@ class ComfyServer:
             time.sleep(0.3)
         raise AssertionError(f"workflow did not finish within {timeout:.0f} s:\n{self.log()}")
 
+    def output_path(self, item: dict) -> Path:
+        """Where an output a history entry lists ({"filename", "subfolder"}) lies."""
+        return self.base / "output" / item.get("subfolder", "") / item["filename"]
+
     def output_files(self, entry: dict, suffix: str) -> list[Path]:
         """Paths of the files ending in `suffix` that a finished prompt's history entry lists."""
-        return [self.base / "output" / item.get("subfolder", "") / item["filename"]
-                for node in entry["outputs"].values() for items in node.values() if isinstance(items, list)
+        return [self.output_path(item) for node in entry["outputs"].values() for items in node.values()
+                if isinstance(items, list)
                 for item in items if isinstance(item, dict) and str(item.get("filename", "")).endswith(suffix)]
 
 

@@ -37,7 +37,6 @@ def test_extract_features_to_attention_map(comfy_server):
     images = entry["outputs"]["7"]["images"]
     assert len(images) == CLIP_FRAMES
     for image in images:
-        path = comfy_server.base / "output" / image.get("subfolder", "") / image["filename"]
-        pixels = np.asarray(Image.open(path))
+        pixels = np.asarray(Image.open(comfy_server.output_path(image)))
         assert pixels.shape == (CLIP_SIZE, CLIP_SIZE, 3)
         assert pixels.std() > 5  # a heat map over the frame, not a blank image

@@ -38,7 +38,7 @@ PATCH = {
 def test_cag_generates_a_video(comfy_server, graph):
     outputs = comfy_server.run({**COMMON, **graph})["outputs"]
     (video,) = outputs["10"]["images"]
-    path = comfy_server.base / "output" / video.get("subfolder", "") / video["filename"]
+    path = comfy_server.output_path(video)
     with av.open(str(path)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(frames) == 9 and frames[0].shape == (64, 64, 3)

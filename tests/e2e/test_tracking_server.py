@@ -7,10 +7,6 @@ import av
 from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
 
 
-def output_file(server, entry):
-    return server.base / "output" / entry.get("subfolder", "") / entry["filename"]
-
-
 def test_track_points_draw_and_save(comfy_server):
     prompt = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
@@ -33,10 +29,10 @@ def test_track_points_draw_and_save(comfy_server):
     }
     outputs = comfy_server.run(prompt)["outputs"]
     (video,) = outputs["8"]["images"]
-    with av.open(str(output_file(comfy_server, video))) as container:
+    with av.open(str(comfy_server.output_path(video))) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(frames) == CLIP_FRAMES and frames[0].shape == (CLIP_SIZE, CLIP_SIZE, 3)
-    saved = {entry["filename"].rsplit(".", 1)[1]: output_file(comfy_server, entry) for entry in outputs["9"]["tracks"]}
+    saved = {entry["filename"].rsplit(".", 1)[1]: comfy_server.output_path(entry) for entry in outputs["9"]["tracks"]}
     tracks = json.loads(saved["json"].read_text())
     assert len(tracks) == 3 and all(len(track) == CLIP_FRAMES for track in tracks)
     assert tracks[0][0] == {"x": 16.0, "y": 32.0} and tracks[2][4] == {"x": 40.0, "y": 50.0}

@@ -131,10 +131,10 @@ def test_workflow_runs(path, comfy_server, object_info):
     expected = sum(node["class_type"] == "SaveVideo" for node in prompt.values())
     assert len(videos) == expected >= 1
     for entry in videos:
-        with av.open(str(comfy_server.base / "output" / entry.get("subfolder", "") / entry["filename"])) as container:
+        with av.open(str(comfy_server.output_path(entry))) as container:
             assert sum(1 for _ in container.decode(video=0)) == CLIP_FRAMES
     for node in outputs.values():
         for entry in node.get("tracks", []):
             if entry["filename"].endswith(".json"):
-                tracks = json.loads((comfy_server.base / "output" / entry["subfolder"] / entry["filename"]).read_text())
+                tracks = json.loads(comfy_server.output_path(entry).read_text())
                 assert tracks and all(len(track) == CLIP_FRAMES for track in tracks)
