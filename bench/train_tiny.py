@@ -2,7 +2,10 @@
 
     COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py [--out assets/tiny_wan] --compile
 
-The defaults are the settings of the shipped run.
+The defaults are the settings of the shipped run. A run longer than one sitting
+(the GPU machine's 10-minute calls, say) goes in parts: `--resume <out of the
+last part>` keeps that part's VAE and trains its DiT further on the same clips;
+each part's record nests the one before it.
 
 Clips come from ditcorr.synthetic (256x256, 13 frames; seeds TRAIN_SEED_BASE + i,
 which bench/quality.py never draws). Then, on one GPU:
@@ -163,12 +166,14 @@ def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.where(torch.arange(count) % 2 == 0, u, shifted)
 
 
-def train_dit(latents: torch.Tensor, max_steps: int, minutes: float, batch: int, device: str, compile_model: bool,
-              log: list) -> tuple[torch.nn.Module, int]:
-    """latents: [N, 16, T, h, w] normalised clean latents on `device`. Stops at max_steps or after `minutes`
-    (compilation included); the learning rate decays over whichever comes first."""
-    dit = new_dit(device)
-    optimizer = torch.optim.AdamW(dit.parameters(), lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99))
+def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minutes: float, batch: int, device: str,
+              compile_model: bool, ema_decay: float, log: list) -> int:
+    """Trains `dit` in place on latents [N, 16, T, h, w] (normalised clean latents on `device`). Stops at max_steps or
+    after `minutes` (compilation included); the learning rate decays over whichever comes first. Leaves in `dit` the
+    exponential moving average of its weights with `ema_decay` (0: its final weights); returns the number of steps."""
+    parameters = list(dit.parameters())
+    average = [p.detach().clone() for p in parameters]
+    optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(dit) if compile_model else dit
     context = torch.zeros(batch, 1, 4096, device=device)
     generator = torch.Generator().manual_seed(0)
@@ -187,8 +192,10 @@ def train_dit(latents: torch.Tensor, max_steps: int, minutes: float, batch: int,
         loss = F.mse_loss(velocity.float(), noise - clean)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        with torch.no_grad():  # the average starts short so that early weights fade fast
+            torch._foreach_lerp_(average, parameters, 1 - min(ema_decay, (1 + step) / (10 + step)))
         losses.append(loss.detach())
         if step % 200 == 0:
             log.append({"phase": "dit", "step": step, "loss": round(torch.stack(losses).mean().item(), 5),
@@ -199,7 +206,9 @@ def train_dit(latents: torch.Tensor, max_steps: int, minutes: float, batch: int,
     log.append({"phase": "dit", "step": step, "loss": round(torch.stack(losses).mean().item(), 5) if losses else None,
                 "seconds": round(time.time() - started, 1)})
     print(json.dumps(log[-1]), flush=True)
-    return dit, step
+    with torch.no_grad():
+        torch._foreach_copy_(parameters, average)
+    return step
 
 
 def save(module: torch.nn.Module, path: Path) -> None:
@@ -207,6 +216,12 @@ def save(module: torch.nn.Module, path: Path) -> None:
 
     safetensors.torch.save_file({k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in module.state_dict().items()},
                                 str(path))
+
+
+def load(module: torch.nn.Module, path: Path) -> None:
+    import safetensors.torch
+
+    module.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
 
 
 def main() -> None:
@@ -220,7 +235,10 @@ def main() -> None:
     parser.add_argument("--dit-steps", type=int, default=100_000, help="stop the DiT after this many steps")
     parser.add_argument("--dit-minutes", type=float, default=12.0, help="stop the DiT once this much time passed")
     parser.add_argument("--dit-batch", type=int, default=32)
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="save this exponential moving average of the DiT's weights (0: its final weights)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
+    parser.add_argument("--resume", type=Path, help="a folder this script wrote: keep its VAE, train its DiT further")
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -236,10 +254,16 @@ def main() -> None:
     lap("render")
     print(json.dumps({"rendered": list(clips.shape), "seconds": seconds["render"]}), flush=True)
 
-    vae = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log)
-    lap("vae")
     frames = clips.flatten(0, 1)
-    normalise_latents(vae, encode(vae, frames[torch.randperm(len(frames))[:2048]], args.device))
+    if args.resume:
+        vae, dit = new_vae(args.device), new_dit(args.device)
+        load(vae, args.resume / VAE_FILE)
+        load(dit, args.resume / DIT_FILE)
+        previous = json.loads((args.resume / "training.json").read_text())
+    else:
+        vae, dit, previous = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log), new_dit(args.device), None
+        lap("vae")
+        normalise_latents(vae, encode(vae, frames[torch.randperm(len(frames))[:2048]], args.device))
     import comfy.latent_formats
 
     latent_format = comfy.latent_formats.Wan21()
@@ -251,20 +275,23 @@ def main() -> None:
                       "std": round(latents.float().std().item(), 4)}), flush=True)
     lap("encode")
 
-    dit, steps = train_dit(latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile, log)
+    steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
+                      args.ema_decay, log)
     lap("dit")
     args.out.mkdir(parents=True, exist_ok=True)
     save(vae, args.out / VAE_FILE)
     save(dit, args.out / DIT_FILE)
     record = {
         "command": "python bench/train_tiny.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                             if k not in ("out", "compile")) + (" --compile" if args.compile else ""),
+                                                             if k not in ("out", "compile", "resume"))
+                   + (" --compile" if args.compile else "") + (" --resume <the previous run>" if args.resume else ""),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
         "train_seed_base": TRAIN_SEED_BASE, "vae_dim": VAE_DIM, "dit_config": DIT_CONFIG, "dit_steps_done": steps,
         "seconds": seconds,
-        "final_vae_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "vae"),
+        "final_vae_loss": previous["final_vae_loss"] if previous else next(e["loss"] for e in reversed(log) if e["phase"] == "vae"),
         "final_dit_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "dit" and e["loss"] is not None),
         "log": log,
+        "resumed_from": previous,  # the run (with its own record) whose VAE and DiT this one started from
     }
     (args.out / "training.json").write_text(json.dumps(record, indent=1))
     print(json.dumps({k: v for k, v in record.items() if k != "log"}), flush=True)

@@ -4,13 +4,18 @@ Writes test-artifacts/tiny_wan_samples.png (generated frames over real ones) for
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import folder_paths
 import nodes
 from PIL import Image
-from locate import REPO
-from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, new_vae, normalise_latents
+from locate import COMFYUI, REPO
+from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, load, new_dit, new_vae, normalise_latents
 
 from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.cag_nodes import ZeroConditioning
@@ -77,3 +82,26 @@ def test_sampling_from_noise_gives_clips_with_the_training_colours(models):
     for clip in generated:
         torch.testing.assert_close(clip.mean(dim=(0, 1, 2)), real_mean, atol=0.05, rtol=0)
         assert 0.7 * real_std < clip.std() < 1.3 * real_std
+
+
+def test_training_runs_in_parts(tmp_path):
+    """bench/train_tiny.py end to end at toy size on CPU, then a second part that resumes from the first: it keeps the
+    VAE, trains the DiT further (here into a moving average) and nests the first part's record in its own."""
+    def train(out, *extra):
+        subprocess.run([sys.executable, str(REPO / "bench" / "train_tiny.py"), "--out", str(out), "--clips", "4", "--size", "32",
+                        "--frames", "3", "--vae-steps", "2", "--vae-batch", "2", "--dit-steps", "3", "--dit-batch", "2",
+                        "--workers", "1", "--device", "cpu", *extra],
+                       check=True, capture_output=True, env={**os.environ, "COMFYUI_PATH": str(COMFYUI)}, timeout=300)
+        return json.loads((out / "training.json").read_text())
+
+    first = train(tmp_path / "first")
+    second = train(tmp_path / "second", "--resume", str(tmp_path / "first"), "--ema-decay", "0.5")
+    assert first["dit_steps_done"] == second["dit_steps_done"] == 3 and first["resumed_from"] is None
+    assert second["resumed_from"] == first and "vae" not in second["seconds"]
+    assert (tmp_path / "second" / VAE_FILE).read_bytes() == (tmp_path / "first" / VAE_FILE).read_bytes()
+    dits = [new_dit("cpu") for _ in range(2)]
+    for dit, part in zip(dits, ("first", "second")):
+        load(dit, tmp_path / part / DIT_FILE)
+    first_weights, second_weights = (torch.cat([p.flatten() for p in dit.parameters()]) for dit in dits)
+    assert not torch.equal(first_weights, second_weights)  # trained further ...
+    assert (second_weights - first_weights).norm() < 0.01 * first_weights.norm()  # ... from the first part's weights
