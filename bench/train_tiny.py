@@ -255,13 +255,13 @@ def main() -> None:
     print(json.dumps({"rendered": list(clips.shape), "seconds": seconds["render"]}), flush=True)
 
     frames = clips.flatten(0, 1)
+    previous = None
     if args.resume:
-        vae, dit = new_vae(args.device), new_dit(args.device)
+        vae = new_vae(args.device)
         load(vae, args.resume / VAE_FILE)
-        load(dit, args.resume / DIT_FILE)
         previous = json.loads((args.resume / "training.json").read_text())
     else:
-        vae, dit, previous = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log), new_dit(args.device), None
+        vae = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log)
         lap("vae")
         normalise_latents(vae, encode(vae, frames[torch.randperm(len(frames))[:2048]], args.device))
     import comfy.latent_formats
@@ -275,6 +275,9 @@ def main() -> None:
                       "std": round(latents.float().std().item(), 4)}), flush=True)
     lap("encode")
 
+    dit = new_dit(args.device)  # made here, after the VAE's random draws, as in the shipped run
+    if args.resume:
+        load(dit, args.resume / DIT_FILE)
     steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
                       args.ema_decay, log)
     lap("dit")
