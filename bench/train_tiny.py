@@ -1,11 +1,12 @@
 """Train the tiny Wan 2.1-format VAE and DiT shipped in assets/tiny_wan/ (how they were made: assets/README.md).
 
-    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py [--out assets/tiny_wan] --compile
+    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --out <first part> --compile
+    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --resume <first part> [--out assets/tiny_wan] --compile
 
-The defaults are the settings of the shipped run. A run longer than one sitting
-(the GPU machine's 10-minute calls, say) goes in parts: `--resume <out of the
-last part>` keeps that part's VAE and trains its DiT further on the same clips;
-each part's record nests the one before it.
+The defaults are the settings of the shipped run, which went in these two parts
+(the GPU machine's calls last at most 10 minutes): `--resume <out of the last
+part>` keeps that part's VAE and trains its DiT further on the same clips; each
+part's record nests the one before it.
 
 Clips come from ditcorr.synthetic (256x256, 13 frames; seeds TRAIN_SEED_BASE + i,
 which bench/quality.py never draws). Then, on one GPU:
@@ -233,9 +234,9 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--dit-steps", type=int, default=100_000, help="stop the DiT after this many steps")
-    parser.add_argument("--dit-minutes", type=float, default=12.0, help="stop the DiT once this much time passed")
+    parser.add_argument("--dit-minutes", type=float, default=5.6, help="stop the DiT once this much time passed")
     parser.add_argument("--dit-batch", type=int, default=32)
-    parser.add_argument("--ema-decay", type=float, default=0.0,
+    parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="save this exponential moving average of the DiT's weights (0: its final weights)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     parser.add_argument("--resume", type=Path, help="a folder this script wrote: keep its VAE, train its DiT further")

@@ -53,6 +53,28 @@ def smooth_texture(generator: torch.Generator, size: int, scale: int, channels: 
     return texture[0].clamp(0, 1)
 
 
+def muted(texture: torch.Tensor, colourfulness: float = 0.6) -> torch.Tensor:
+    """The texture [3, H, W] with part of its colour, in [0.1, 0.95]: a background that sprites stand out from."""
+    brightness = texture.mean(dim=0, keepdim=True)
+    return 0.1 + 0.85 * (brightness + colourfulness * (texture - brightness))
+
+
+def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64) -> torch.Tensor:
+    """A sprite's texture [3, size, size]: one saturated colour, shaded by a texture of 4 cells, with a black outline.
+
+    The colour and outline make sprites objects a generator can learn; the shading
+    gives points inside a sprite something to be matched by.
+    """
+    colour = torch.rand(3, 1, 1, generator=generator)
+    colour = 0.1 + 0.9 * (colour - colour.min()) / (colour.max() - colour.min()).clamp_min(1e-6)
+    shade = smooth_texture(generator, size, size // 4, channels=1)
+    shade = (shade - shade.min()) / (shade.max() - shade.min()).clamp_min(1e-6)
+    texel = (torch.arange(size) + 0.5) / size * 2 - 1
+    v, u = torch.meshgrid(texel, texel, indexing="ij")
+    edge = torch.hypot(u, v) if disc else torch.maximum(u.abs(), v.abs())
+    return torch.where(edge > 0.85, 0.05, colour * (0.3 + 0.7 * shade))
+
+
 class Scene:
     """A seeded random scene; render() and track() give frames and exact tracks."""
 
@@ -64,14 +86,13 @@ class Scene:
         scale = min(height, width) / 64  # motion and texture grow with the frame, so larger clips are no easier
         self.pan = (rand(2) - 0.5) * 2.0 * scale  # background pixels per frame
         self.margin = int(abs(self.pan).max() * frames) + 2
-        self.background = smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale)))
-        self.sprites = [
-            Sprite(centre=rand(2) * torch.tensor([width, height]), velocity=(rand(2) - 0.5) * 2 * min(height, width) / frames,
-                   size=float(min(height, width) * (0.08 + 0.1 * rand(1))), angle=float(rand(1) * math.pi),
-                   spin=float((rand(1) - 0.5) * 0.2), growth=float((rand(1) - 0.5) * 0.04), disc=bool(rand(1) < 0.5),
-                   texture=smooth_texture(self.generator, 32, 4))
-            for _ in range(sprites)
-        ]
+        self.background = muted(smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale))))
+        self.sprites = []
+        for _ in range(sprites):
+            centre, velocity = rand(2) * torch.tensor([width, height]), (rand(2) - 0.5) * 2 * min(height, width) / frames
+            size, angle = float(min(height, width) * (0.08 + 0.1 * rand(1))), float(rand(1) * math.pi)
+            spin, growth, disc = float((rand(1) - 0.5) * 0.2), float((rand(1) - 0.5) * 0.04), bool(rand(1) < 0.5)
+            self.sprites.append(Sprite(centre, velocity, size, angle, spin, growth, disc, sprite_texture(self.generator, disc)))
 
     def _local(self, sprite: Sprite, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sprite-local coordinates in [-1, 1]^2 (inside the sprite) of pixel points at times t."""

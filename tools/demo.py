@@ -32,6 +32,7 @@ DEMO = REPO / "assets" / "demo"
 CLIP, TRUTH = DEMO / "clip.mp4", DEMO / "clip_tracks.npz"
 WORKFLOW = REPO / "workflows" / "difftrack_track_points_wan21.json"
 SEED, SIZE, FRAMES, POINTS, FPS = 7, 256, 13, 24, 6  # the clip's seed is one neither training nor quality.py draws
+QUALITY = REPO / "bench" / "results" / "quality_tiny_wan_seed1000_cpu.json"  # where bench/quality.py found the tiny DiT tracking best
 
 
 def write_clip() -> None:
@@ -56,9 +57,11 @@ def write_clip() -> None:
 def demo_prompt(object_info: dict, points: list[dict]) -> dict:
     """The shipped tracking workflow as a prompt, on the tiny models and the bundled clip."""
     prompt = ui_to_api(json.loads(WORKFLOW.read_text()), object_info)
+    quality = json.loads(QUALITY.read_text())
     changes = {"UNETLoader": {"unet_name": DIT_FILE}, "VAELoader": {"vae_name": VAE_FILE}, "LoadVideo": {"file": CLIP.name},
                "ImageScale": {"width": SIZE, "height": SIZE}, "CreateVideo": {"fps": float(FPS)},
-               "DiffTrackTrackPoints": {"points": json.dumps(points)}}
+               "DiffTrackTrackPoints": {"points": json.dumps(points), "blocks": str(quality["best_block"]),
+                                        "sigma": quality["sigma"]}}
     for node in prompt.values():
         node["inputs"].update(changes.get(node["class_type"], {}))
     return prompt

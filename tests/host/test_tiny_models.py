@@ -1,4 +1,5 @@
-"""The tiny trained models in assets/tiny_wan/: the stock loaders read them, the VAE reconstructs, the DiT samples.
+"""The tiny trained models in assets/tiny_wan/: the stock loaders read them, the VAE reconstructs, the DiT samples
+clips with sprites in them.
 
 Writes test-artifacts/tiny_wan_samples.png (generated frames over real ones) for people to look at.
 """
@@ -14,6 +15,7 @@ import torch
 import folder_paths
 import nodes
 from PIL import Image
+from scipy import ndimage
 from locate import COMFYUI, REPO
 from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, load, new_dit, new_vae, normalise_latents
 
@@ -64,10 +66,38 @@ def test_models_load_through_stock_loaders(models):
     assert psnr > 20, f"VAE reconstruction PSNR {psnr:.1f} dB"
 
 
-def test_sampling_from_noise_gives_clips_with_the_training_colours(models):
+def outlined_sprites(frame: torch.Tensor) -> int:
+    """How many sprites a frame [256, 256, 3] shows as the training clips draw them: saturated regions of 300 px or more
+    with dark pixels around them (over 20 % of a 6-px ring; about 0.4 % of the background is that dark)."""
+    frame = frame.detach().float().clamp(0, 1)
+    brightest, saturation = frame.amax(dim=-1).numpy(), (frame.amax(dim=-1) - frame.amin(dim=-1)).numpy()
+    regions, count = ndimage.label(ndimage.binary_opening(saturation > 0.45))
+    found = 0
+    for index in range(1, count + 1):
+        region = regions == index
+        ring = ndimage.binary_dilation(region, iterations=6) & ~region
+        found += int(region.sum() >= 300 and (brightest[ring] < 0.35).mean() > 0.2)
+    return found
+
+
+def longest_run_with_sprites(clip: torch.Tensor) -> int:
+    """The most consecutive frames of a clip [T, H, W, 3] that each show an outlined sprite."""
+    longest = run = 0
+    for frame in clip:
+        run = run + 1 if outlined_sprites(frame) else 0
+        longest = max(longest, run)
+    return longest
+
+
+def test_sprite_detector_sees_the_training_sprites_and_nothing_in_the_background():
+    assert [longest_run_with_sprites(make_clip(seed, (SIZE, SIZE), FRAMES).frames) >= 8 for seed in (21, 22, 23)] == [True] * 3
+    assert [longest_run_with_sprites(make_clip(seed, (SIZE, SIZE), FRAMES, sprites=0).frames) for seed in (21, 22)] == [0, 0]
+
+
+def test_sampling_from_noise_gives_clips_with_sprites(models):
     """A real KSampler run from noise (euler, 20 steps, Zero Conditioning) decodes to clips whose colour statistics
-    match the training clips'. Whether they show sprites is for a person to judge: see the written grid (rows:
-    two generated clips, then two real ones; columns: frames 0, 4, 8, 12)."""
+    match the training clips' and in which outlined sprites stay for several frames in a row. The written grid shows
+    them (rows: two generated clips, then two real ones; columns: frames 0, 4, 8, 12)."""
     model, vae = models
     positive = node_output(ZeroConditioning.execute(model))[0]
     latent = {"samples": torch.zeros(2, 16, FRAMES, SIZE // 8, SIZE // 8)}
@@ -82,6 +112,7 @@ def test_sampling_from_noise_gives_clips_with_the_training_colours(models):
     for clip in generated:
         torch.testing.assert_close(clip.mean(dim=(0, 1, 2)), real_mean, atol=0.05, rtol=0)
         assert 0.7 * real_std < clip.std() < 1.3 * real_std
+    assert [longest_run_with_sprites(clip) >= 4 for clip in generated] == [True, True]
 
 
 def test_training_runs_in_parts(tmp_path):
