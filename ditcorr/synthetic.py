@@ -53,6 +53,16 @@ def smooth_texture(generator: torch.Generator, size: int, scale: int, channels: 
     return texture[0].clamp(0, 1)
 
 
+def stretched(values: torch.Tensor, top: float = 1.0) -> torch.Tensor:
+    """values mapped linearly onto [0, top] (their minimum to 0, their maximum to top)."""
+    return top * (values - values.min()) / (values.max() - values.min()).clamp_min(1e-6)
+
+
+def shape_radius(local: torch.Tensor, disc: bool) -> torch.Tensor:
+    """How far sprite-local points [.., 2] are from the sprite's centre in its own shape's norm: 1 on its edge."""
+    return local.norm(dim=-1) if disc else local.abs().amax(dim=-1)
+
+
 def muted(texture: torch.Tensor, colourfulness: float = 0.6) -> torch.Tensor:
     """The texture [3, H, W] with part of its colour, in [0.1, 0.95]: a background that sprites stand out from."""
     brightness = texture.mean(dim=0, keepdim=True)
@@ -65,14 +75,12 @@ def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64) -> to
     The colour and outline make sprites objects a generator can learn; the shading
     gives points inside a sprite something to be matched by.
     """
-    colour = torch.rand(3, 1, 1, generator=generator)
-    colour = 0.1 + 0.9 * (colour - colour.min()) / (colour.max() - colour.min()).clamp_min(1e-6)
-    shade = smooth_texture(generator, size, size // 4, channels=1)
-    shade = (shade - shade.min()) / (shade.max() - shade.min()).clamp_min(1e-6)
+    colour = 0.1 + stretched(torch.rand(3, 1, 1, generator=generator), 0.9)
+    shade = stretched(smooth_texture(generator, size, size // 4, channels=1))
     texel = (torch.arange(size) + 0.5) / size * 2 - 1
     v, u = torch.meshgrid(texel, texel, indexing="ij")
-    edge = torch.hypot(u, v) if disc else torch.maximum(u.abs(), v.abs())
-    return torch.where(edge > 0.85, 0.05, colour * (0.3 + 0.7 * shade))
+    outline = shape_radius(torch.stack([u, v], dim=-1), disc) > 0.85
+    return torch.where(outline, 0.05, colour * (0.3 + 0.7 * shade))
 
 
 class Scene:
@@ -102,7 +110,7 @@ class Scene:
         return torch.stack([cos * offset[..., 0] + sin * offset[..., 1], -sin * offset[..., 0] + cos * offset[..., 1]], -1) / scale[..., None]
 
     def _inside(self, sprite: Sprite, local: torch.Tensor) -> torch.Tensor:
-        return (local.norm(dim=-1) <= 1) if sprite.disc else (local.abs().amax(dim=-1) <= 1)
+        return shape_radius(local, sprite.disc) <= 1
 
     def layer_at(self, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Index of the front-most layer at pixel points (0 = background, k = sprite k-1)."""

@@ -70,7 +70,8 @@ def outlined_sprites(frame: torch.Tensor) -> int:
     """How many sprites a frame [256, 256, 3] shows as the training clips draw them: saturated regions of 300 px or more
     with dark pixels around them (over 20 % of a 6-px ring; about 0.4 % of the background is that dark)."""
     frame = frame.detach().float().clamp(0, 1)
-    brightest, saturation = frame.amax(dim=-1).numpy(), (frame.amax(dim=-1) - frame.amin(dim=-1)).numpy()
+    brightest, darkest = frame.amax(dim=-1).numpy(), frame.amin(dim=-1).numpy()
+    saturation = brightest - darkest
     regions, count = ndimage.label(ndimage.binary_opening(saturation > 0.45))
     found = 0
     for index in range(1, count + 1):
