@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from comfy_host import benchmark_model, require_host
+from difftrack_devkit.host import require_host
+from difftrack_devkit.models import benchmark_model
 
 SIZES = {
-    "tiny": dict(config="wan_tiny", latent=(16, 5, 16, 16), dtype=torch.float32),
+    "tiny": dict(config="wan", latent=(16, 5, 16, 16), dtype=torch.float32),
     "1.3b": dict(config="wan_1.3b", latent=(16, 21, 60, 104), dtype=torch.bfloat16),  # 480x832, 81 frames
 }
 
@@ -37,7 +38,7 @@ def main() -> None:
     import comfy.samplers
 
     from difftrack_pack.nodes.cag import CrossAttentionGuidance, choose_cag_blocks
-    from difftrack_pack.nodes.extract import _single_forward
+    from difftrack_pack.nodes.extract import single_forward
 
     size = SIZES[args.size]
     cuda = args.device == "cuda"
@@ -54,7 +55,7 @@ def main() -> None:
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(positive, negative)
         guider.set_cfg(6.0)
-        out = guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(_single_forward),
+        out = guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(single_forward),
                             torch.tensor([0.5, 0.0]), seed=0, disable_pbar=True)
         if cuda:
             torch.cuda.synchronize()

@@ -19,11 +19,12 @@ import time
 
 import torch
 
-from comfy_host import benchmark_model, require_host
+from difftrack_devkit.host import require_host
+from difftrack_devkit.models import benchmark_model
 
 # Wan 2.1 at 480x832, 81 frames: a [16, 21, 60, 104] latent, 21 x 30 x 52 = 32,760 tokens.
 SIZES = {
-    "tiny": dict(config="wan_tiny", latent=(16, 5, 16, 16), repeats=5, dtype=torch.float32),
+    "tiny": dict(config="wan", latent=(16, 5, 16, 16), repeats=5, dtype=torch.float32),
     "1.3b": dict(config="wan_1.3b", latent=(16, 21, 60, 104), repeats=5, dtype=torch.bfloat16),
     "14b": dict(config="wan_14b", latent=(16, 21, 60, 104), repeats=3, dtype=torch.bfloat16),
 }
@@ -41,7 +42,7 @@ def main() -> None:
     import comfy.samplers
 
     from difftrack_pack.nodes.capture import CaptureRequest, CaptureSession
-    from difftrack_pack.nodes.extract import _single_forward, extract_from_latent
+    from difftrack_pack.nodes.extract import single_forward, extract_from_latent
 
     size = SIZES[args.size]
     cuda = args.device == "cuda"
@@ -61,7 +62,7 @@ def main() -> None:
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(conditioning, conditioning)
         guider.set_cfg(1.0)
-        guider.sample(noise, latent, comfy.samplers.KSAMPLER(_single_forward), torch.tensor([SIGMA, 0.0]),
+        guider.sample(noise, latent, comfy.samplers.KSAMPLER(single_forward), torch.tensor([SIGMA, 0.0]),
                       seed=0, disable_pbar=True)
 
     def extract():

@@ -22,8 +22,8 @@ import statistics
 
 import torch
 
-from comfy_host import require_host
-from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE
+from difftrack_devkit.host import require_host
+from difftrack_bench.train_tiny import DIT_FILE, TINY_WAN, VAE_FILE
 
 
 def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13, points: int = 64,

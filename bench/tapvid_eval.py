@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from comfy_host import require_host
+from difftrack_devkit.host import require_host
 
 
 def queries_of(points: torch.Tensor, occluded: torch.Tensor, size: tuple[int, int], mode: str, stride: int = 5):

@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from comfy_host import benchmark_model, require_host
+from difftrack_devkit.host import require_host
+from difftrack_devkit.models import benchmark_model
 
 SIZES = {
-    "tiny": dict(config="wan_tiny", latent_hw=(16, 16), dtype=torch.float32),
+    "tiny": dict(config="wan", latent_hw=(16, 16), dtype=torch.float32),
     "1.3b": dict(config="wan_1.3b", latent_hw=(60, 104), dtype=torch.bfloat16),  # 480x832
 }
 

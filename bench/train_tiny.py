@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from comfy_host import REPO, require_host
+from difftrack_devkit.host import REPO, require_host
 
 TINY_WAN = REPO / "assets" / "tiny_wan"
 TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
@@ -67,7 +67,7 @@ def differentiable_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 def new_vae(device: str):
     from comfy.ldm.wan.vae import WanVAE
-    from random_models import randomize_
+    from difftrack_devkit.models import randomize_
 
     vae = WanVAE(dim=VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
@@ -82,7 +82,7 @@ def new_vae(device: str):
 def new_dit(device: str):
     import comfy.ldm.wan.model
     import comfy.ops
-    from random_models import randomize_
+    from difftrack_devkit.models import randomize_
 
     comfy.ldm.wan.model.apply_rope1 = differentiable_rope
     dit = comfy.ldm.wan.model.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, freq_dim=256,

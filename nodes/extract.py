@@ -40,7 +40,7 @@ def encode_frames(vae, images: torch.Tensor, encoding: str,
     return torch.cat(frames, dim=2), tuple(float(i) for i in range(images.shape[0]))
 
 
-def _single_forward(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def single_forward(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """A 'sampler' that only runs the model once at the first σ (the hooks do the rest)."""
     return model(x, sigmas[0] * x.new_ones([x.shape[0]]), **(extra_args or {}))
 
@@ -75,7 +75,7 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
         chunk_frames=[tuple(positions[i] for i in chunk) for chunk in chunks],
         model=adapter.name,
     )
-    sampler = comfy.samplers.KSAMPLER(_single_forward)
+    sampler = comfy.samplers.KSAMPLER(single_forward)
     sigmas = torch.tensor([float(sigma), 0.0])
     generator = torch.Generator().manual_seed(seed)
     for index, chunk in enumerate(chunks):

@@ -1,24 +1,27 @@
-"""Test tiers: core (always), host (real ComfyUI classes), e2e (a real ComfyUI server).
+"""Test tiers: core (always), host (real ComfyUI classes), e2e (a real ComfyUI server), browser (its frontend).
 
-ComfyUI is found at $COMFYUI_PATH, else as the parent of custom_nodes/ holding
-this pack, else at $HOME/ComfyUI. Without it, host and e2e tests are not
-collected and one line says so.
+The pack and its development kit are imported as installed packages
+(`pip install -e .`): `difftrack_pack`, `difftrack_devkit`, `difftrack_bench`.
+ComfyUI is found as difftrack_devkit.host.find_comfyui says. Without it, host,
+e2e and browser tests are not collected and one line says so; under CI
+(CI=true) that is an error instead, so CI never passes on the core tier alone.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import os
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # test helpers: locate, hostlib
-from locate import COMFYUI, REPO  # noqa: E402
+from difftrack_devkit.host import NO_HOST, find_comfyui
 
-sys.path.insert(0, str(REPO))  # the host-free core package `ditcorr` (never `nodes`: ComfyUI owns that name)
-
+COMFYUI = find_comfyui()
 collect_ignore = [] if COMFYUI else ["host", "e2e", "browser"]
-NO_HOST_LINE = ("!!! HOST, E2E AND BROWSER TESTS SKIPPED: no ComfyUI found (set COMFYUI_PATH, install the pack under "
-                "<ComfyUI>/custom_nodes, or put ComfyUI at ~/ComfyUI). Only core tests ran. !!!")
+NO_HOST_LINE = f"!!! HOST, E2E AND BROWSER TESTS SKIPPED: {NO_HOST}. Only core tests ran. !!!"
+
+
+def pytest_configure(config):
+    if COMFYUI is None and os.environ.get("CI") == "true":
+        raise pytest.UsageError(f"CI=true but {NO_HOST}: the host, e2e and browser tiers would be skipped.")
 
 
 def pytest_report_header(config):
@@ -33,7 +36,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """One real ComfyUI server for the session (e2e and browser tiers)."""
-    from comfy_server import start_server
+    from difftrack_devkit.testbed import start_server
 
     server = start_server(tmp_path_factory.mktemp("comfy_base"))
     yield server

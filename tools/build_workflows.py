@@ -11,11 +11,11 @@ against /object_info and runs them.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from headless import REPO, input_specs, is_widget
+from difftrack_devkit.host import REPO
+from difftrack_devkit.server import input_specs, is_widget
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 MODELS = {
     "wan2.1_t2v_1.3B_bf16.safetensors": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors",
@@ -250,8 +250,7 @@ def build(graph: dict, object_info: dict) -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(REPO / "tests"))
-    from comfy_server import start_server
+    from difftrack_devkit.testbed import start_server
 
     server = start_server(Path(tempfile.mkdtemp(prefix="difftrack_workflows_")))
     try:

@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from headless import REPO, ComfyServer, install_pack, ui_to_api
-
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
-from comfy_host import find_comfyui  # noqa: E402
-from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE  # noqa: E402
+from difftrack_bench.train_tiny import DIT_FILE, TINY_WAN, VAE_FILE
+from difftrack_devkit.host import REPO, find_comfyui
+from difftrack_devkit.server import ComfyServer, install_pack, ui_to_api
 
 DEMO = REPO / "assets" / "demo"
 CLIP, TRUTH = DEMO / "clip.mp4", DEMO / "clip_tracks.npz"
@@ -39,7 +36,7 @@ def write_clip() -> None:
     """Render the bundled clip and its exact tracks (run once; the files are committed)."""
     import av
 
-    from ditcorr.synthetic import make_clip
+    from difftrack_pack.ditcorr.synthetic import make_clip
 
     clip = make_clip(SEED, (SIZE, SIZE), FRAMES, points=POINTS)
     DEMO.mkdir(parents=True, exist_ok=True)
@@ -71,7 +68,7 @@ def score(npz_path: Path) -> dict:
     """TAP-Vid scores (percent, query-first) of the written npz against the clip's exact tracks."""
     import torch
 
-    from ditcorr.metrics import tapvid_metrics
+    from difftrack_pack.ditcorr.metrics import tapvid_metrics
 
     found, truth = np.load(npz_path), np.load(TRUTH)
     metrics = tapvid_metrics(torch.from_numpy(found["tracks"]), ~torch.from_numpy(found["occluded"]),

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from comfy_server import CLIP, CLIP_SIZE, TINY_VAE, TINY_WAN
-from locate import REPO
+from difftrack_devkit.testbed import CLIP, CLIP_SIZE, TINY_VAE, TINY_WAN
+from difftrack_devkit.host import REPO
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TRACKING = REPO / "workflows" / "difftrack_track_points_wan21.json"

@@ -1,6 +1,6 @@
 import pytest
 
-from ditcorr import plan_chunks
+from difftrack_pack.ditcorr import plan_chunks
 
 
 @pytest.mark.parametrize("frames", [1, 5, 13, 14, 25, 30, 49, 81, 200])

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from ditcorr import QK, point_cost, point_cost_over_video, sample_tokens
-from ditcorr.cost import backward_rows, forward_rows, pair_costs
+from difftrack_pack.ditcorr import QK, point_cost, point_cost_over_video, sample_tokens
+from difftrack_pack.ditcorr.cost import backward_rows, forward_rows, pair_costs
 
 
 def full_cost_volume(qk: QK, source: int, target: int, tau: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ditcorr.draw import draw_tracks, point_colours
+from difftrack_pack.ditcorr.draw import draw_tracks, point_colours
 
 
 def test_markers_trails_and_hollow_rings():
@@ -34,7 +34,7 @@ def test_ids_are_drawn():
 
 
 def test_point_masks_mark_visible_points_only():
-    from ditcorr.draw import point_masks
+    from difftrack_pack.ditcorr.draw import point_masks
     path = torch.tensor([[[10.0, 10.0], [30.0, 20.0]], [[12.0, 10.0], [30.0, 20.0]]])
     visible = torch.tensor([[True, True], [True, False]])
     masks = point_masks(path, visible, (32, 48), radius=3.0)

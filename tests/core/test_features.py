@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ditcorr import QK, CaptureKey, DitFeatures, latent_frame_positions
+from difftrack_pack.ditcorr import QK, CaptureKey, DitFeatures, latent_frame_positions
 
 
 def make(blocks=(3, 5), chunks=2):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ditcorr.guidance import cag_combine, frame_local_attention
+from difftrack_pack.ditcorr.guidance import cag_combine, frame_local_attention
 
 # layout of a joint-attention sequence: [prefix (e.g. a reference latent), video T x S, text]
 PREFIX, FRAMES, FRAME_TOKENS, TEXT = 3, 4, 6, 5
@@ -83,7 +83,7 @@ def test_guidance_algebra():
 
 
 def test_sliced_logsumexp_equals_the_whole():
-    from ditcorr.guidance import logsumexp_over
+    from difftrack_pack.ditcorr.guidance import logsumexp_over
     generator = torch.Generator().manual_seed(5)
     q, k = torch.randn(2, 3, 50, 8, generator=generator), torch.randn(2, 3, 70, 8, generator=generator)
     mask = torch.zeros(2, 1, 1, 70)

@@ -1,6 +1,6 @@
 import torch
 
-from ditcorr import colorize, render_heatmaps
+from difftrack_pack.ditcorr import colorize, render_heatmaps
 
 
 def test_colorize_is_dark_to_bright():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ditcorr.metrics import evaluation_mask, pck, tapvid_metrics, to_raster
+from difftrack_pack.ditcorr.metrics import evaluation_mask, pck, tapvid_metrics, to_raster
 
 
 def test_evaluation_masks():

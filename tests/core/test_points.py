@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditcorr.points import grid_points, parse_points, tracks_to_csv, tracks_to_json, tracks_to_npz
+from difftrack_pack.ditcorr.points import grid_points, parse_points, tracks_to_csv, tracks_to_json, tracks_to_npz
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -3,7 +3,7 @@ import shutil
 import subprocess
 import tomllib
 
-from locate import REPO
+from difftrack_devkit.host import REPO
 
 
 def test_pyproject_carries_the_registry_fields():

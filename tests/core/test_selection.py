@@ -1,6 +1,6 @@
 import pytest
 
-from ditcorr import parse_indices
+from difftrack_pack.ditcorr import parse_indices
 
 
 def test_forms():

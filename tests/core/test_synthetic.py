@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditcorr.synthetic import Scene, make_clip, tapvid_npz
+from difftrack_pack.ditcorr.synthetic import Scene, make_clip, tapvid_npz
 
 
 @pytest.mark.parametrize("seed", range(4))

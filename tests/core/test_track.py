@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from ditcorr import QK
-from ditcorr.track import TrackSettings, read_out, track_points
+from difftrack_pack.ditcorr import QK
+from difftrack_pack.ditcorr.track import TrackSettings, read_out, track_points
 
 
 def gaussian_map(h, w, col, row, sigma=0.8):
@@ -63,7 +63,7 @@ def test_query_point_sits_on_its_own_frame_and_output_shapes():
 
 
 def test_nearest_neighbour_baseline_finds_identical_features():
-    from ditcorr.track import nearest_neighbour_tracks
+    from difftrack_pack.ditcorr.track import nearest_neighbour_tracks
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(4, 6, 16, generator=generator)  # [h, w, C] of frame 0
     shifted = torch.roll(base, shifts=(1, 2), dims=(0, 1))  # frame 1: everything moved 1 row down, 2 columns right

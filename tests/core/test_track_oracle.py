@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle_scene import Scene
+from difftrack_devkit.oracle_scene import Scene
 
-from ditcorr import latent_frame_positions, plan_chunks
-from ditcorr.track import TrackSettings, track_points, track_token_frames
+from difftrack_pack.ditcorr import latent_frame_positions, plan_chunks
+from difftrack_pack.ditcorr.track import TrackSettings, track_points, track_token_frames
 
 TOKEN = 4.0
 CLEAR = 2 * TOKEN

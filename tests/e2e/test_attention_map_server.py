@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
+from difftrack_devkit.testbed import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
 
 NODES = ["DiffTrackAttentionCapture", "DiffTrackCapturedFeatures", "DiffTrackExtractFeatures", "DiffTrackAttentionMap",
          "DiffTrackTrackPoints", "DiffTrackDrawTracks", "DiffTrackSaveTracks", "DiffTrackCAG", "DiffTrackCAGGuider",

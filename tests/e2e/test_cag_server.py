@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import av
 import pytest
-from comfy_server import TINY_VAE, TINY_WAN
+from difftrack_devkit.testbed import TINY_VAE, TINY_WAN
 
 COMMON = {
     "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},

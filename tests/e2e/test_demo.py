@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import av
-from locate import COMFYUI, REPO
+from difftrack_devkit.host import REPO, find_comfyui
 
 
 def test_demo_tracks_the_bundled_clip_on_cpu_in_under_two_minutes(tmp_path):
     started = time.time()
     result = subprocess.run([sys.executable, "tools/demo.py", "--out", str(tmp_path / "out")], cwd=REPO, text=True,
-                            capture_output=True, env={**os.environ, "COMFYUI_PATH": str(COMFYUI)}, timeout=300)
+                            capture_output=True, env={**os.environ, "COMFYUI_PATH": str(find_comfyui())}, timeout=300)
     seconds = time.time() - started
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])

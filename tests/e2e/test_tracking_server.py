@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import av
-from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
+from difftrack_devkit.testbed import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
 
 
 def test_track_points_draw_and_save(comfy_server):

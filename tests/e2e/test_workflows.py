@@ -12,9 +12,9 @@ from pathlib import Path
 import av
 import pytest
 from comfy_cli.workflow_to_api import convert_ui_to_api
-from comfy_server import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN, TINY_WAN_I2V
-from headless import UI_ONLY, ui_to_api, widget_inputs
-from locate import REPO
+from difftrack_devkit.testbed import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN, TINY_WAN_I2V
+from difftrack_devkit.server import UI_ONLY, ui_to_api, widget_inputs
+from difftrack_devkit.host import REPO
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FILE_COMBOS = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "CLIPLoader": "clip_name", "LoadVideo": "file",

@@ -1,14 +1,10 @@
 """Host tier: real ComfyUI model classes at tiny sizes, on CPU (or GPU where present)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-import hostlib
+from difftrack_devkit.host import find_comfyui, load_host
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # qk_references
-hostlib.load_host()
+load_host(find_comfyui())
 
 
 @pytest.fixture(autouse=True)

@@ -4,24 +4,28 @@ from __future__ import annotations
 import pytest
 import torch
 import comfy.model_management
-from hostlib import ARCHITECTURES, node_output, sample, tiny_model
-from qk_references import Observer
+
+from difftrack_devkit.families import CASES
+from difftrack_devkit.models import random_model, sample
+from difftrack_devkit.nodes import run_node
+from difftrack_devkit.qk_references import Observer
 
 from difftrack_pack.ditcorr import CaptureKey
 from difftrack_pack.nodes.capture_nodes import AttentionCapture, CapturedFeatures
 from difftrack_pack.nodes.hooks import WRAPPER_KEY
 
-ARCHS = list(ARCHITECTURES)
+ARCHS = list(CASES)
 BLOCK = 1
 
 
 def capture(model, blocks=str(BLOCK), steps="all", branches="both", dtype="float32", storage="cpu"):
-    patched, handle = node_output(AttentionCapture.execute(model, blocks, steps, 0.0, 1000.0, branches, dtype, storage))
+    patched, handle = run_node(AttentionCapture, model=model, blocks=blocks, steps=steps, branches=branches,
+                               storage_dtype=dtype, storage=storage).args
     return patched, handle
 
 
 def collect(handle, latent):
-    return node_output(CapturedFeatures.execute(handle, {"samples": latent}))[0]
+    return run_node(CapturedFeatures, capture=handle, latent={"samples": latent}).args[0]
 
 
 class CondRecorder:
@@ -68,7 +72,7 @@ def observed_run(patched, handle, arch, **sampling):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_captured_qk_equal_recomputed_from_weights(arch):
-    patched, handle = capture(tiny_model(arch))
+    patched, handle = capture(random_model(arch))
     features, expected, conds = observed_run(patched, handle, arch, batch=2, steps=2, cfg=3.0)
     assert len(conds.forwards) == 2 and all(sorted(f) == [0, 1] for f in conds.forwards), \
         "cond and uncond must share one forward per step"
@@ -78,7 +82,7 @@ def test_captured_qk_equal_recomputed_from_weights(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_outputs_bit_identical_with_capture_on_and_off(arch):
-    model = tiny_model(arch)
+    model = random_model(arch)
     plain = sample(model, arch, seed=3)
     recording, _ = capture(model)
     idle, idle_handle = capture(model, steps="999")  # hooked, but no step matches: capture is off
@@ -88,7 +92,7 @@ def test_outputs_bit_identical_with_capture_on_and_off(arch):
 
 
 def test_cond_only_and_gpu_storage_in_the_models_dtype():
-    model = tiny_model("wan")
+    model = random_model("wan")
     patched, handle = capture(model, blocks="0, 2", steps="1", branches="cond", dtype="model", storage="gpu")
     features = collect(handle, sample(patched, "wan", batch=3))
     assert sorted(features.captures) == [CaptureKey(b, 1, "cond", s, 0) for b in (0, 2) for s in range(3)]
@@ -99,7 +103,7 @@ def test_cond_only_and_gpu_storage_in_the_models_dtype():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nothing_leaks_between_consecutive_runs(arch):
-    patched, handle = capture(tiny_model(arch), branches="cond")
+    patched, handle = capture(random_model(arch), branches="cond")
     first = collect(handle, sample(patched, arch, seed=1))
     first_q = {key: qk.q.clone() for key, qk in first.captures.items()}
     second, expected, _ = observed_run(patched, handle, arch, seed=2)
@@ -116,7 +120,7 @@ class Boom(RuntimeError):
 @pytest.mark.parametrize("failure", ["error", "interrupt"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_patch_left_after_an_exception_inside_sampling(arch, failure):
-    model = tiny_model(arch)
+    model = random_model(arch)
     before = sample(model, arch, seed=5)
     patched, handle = capture(model)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import comfy.model_management
-from hostlib import node_output, tiny_model
-from qk_references import Observer
-from random_models import random_wan_vae
+
+from difftrack_devkit.models import random_model, random_wan_vae
+from difftrack_devkit.nodes import run_node
+from difftrack_devkit.qk_references import Observer
 
 from difftrack_pack.ditcorr import CaptureKey, plan_chunks
 from difftrack_pack.nodes.capture_nodes import AttentionMap, ExtractVideoFeatures
@@ -29,7 +30,7 @@ class CallCounter:
 
 
 def test_extraction_stops_after_the_deepest_block_and_reads_true_qk():
-    model = tiny_model("wan")
+    model = random_model("wan")
     diffusion_model = model.get_model_object("diffusion_model")
     frames = 14
     latent = torch.randn(1, 16, frames, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -54,14 +55,14 @@ def test_extraction_stops_after_the_deepest_block_and_reads_true_qk():
 
 
 def extract(model, vae, images, encoding="per_frame", blocks="auto", frames_per_chunk=13, reference_frame=0):
-    return node_output(ExtractVideoFeatures.execute(model, vae, images, blocks, 0.1, 0, encoding, frames_per_chunk,
-                                                    reference_frame, "model", "cpu"))[0]
+    return run_node(ExtractVideoFeatures, model=model, vae=vae, images=images, blocks=blocks, encoding=encoding,
+                    frames_per_chunk=frames_per_chunk, reference_frame=reference_frame, storage="cpu").args[0]
 
 
 @pytest.fixture(scope="module")
 def video():
     generator = torch.Generator().manual_seed(0)
-    return tiny_model("wan"), random_wan_vae(), torch.rand(9, 64, 64, 3, generator=generator)
+    return random_model("wan"), random_wan_vae(), torch.rand(9, 64, 64, 3, generator=generator)
 
 
 def test_extract_node_per_frame_and_native(video):
@@ -78,16 +79,17 @@ def test_extract_node_per_frame_and_native(video):
 def test_attention_map_node(video):
     model, vae, images = video
     features = extract(model, vae, images, blocks="1, 2")
-    (maps,) = node_output(AttentionMap.execute(features, 20, 40, 0, 2, -1, "cond", 0, 0.0, 0.6))
+    (maps,) = run_node(AttentionMap, features=features, x=20, y=40, block=2).args
     assert maps.shape == (9, 64, 64, 3) and 0 <= maps.min() and maps.max() <= 1
-    (over,) = node_output(AttentionMap.execute(features, 20, 40, 3, -1, -1, "cond", 0, 2.0, 0.5, images=images))
+    (over,) = run_node(AttentionMap, features=features, x=20, y=40, query_frame=3, temperature=2.0, opacity=0.5,
+                       images=images).args
     assert over.shape == (9, 64, 64, 3) and not torch.equal(over, maps)
     with pytest.raises(ValueError, match=r"Point \(64, 10\) is outside the 64x64 frame"):
-        AttentionMap.execute(features, 64, 10, 0, -1, -1, "cond", 0, 0.0, 0.6)
+        run_node(AttentionMap, features=features, x=64, y=10)
     with pytest.raises(ValueError, match="query_frame 9 is outside the video's 9 frames"):
-        AttentionMap.execute(features, 1, 1, 9, -1, -1, "cond", 0, 0.0, 0.6)
+        run_node(AttentionMap, features=features, x=1, y=1, query_frame=9)
     with pytest.raises(ValueError, match=r"No capture for block 3.*Captured \(block, step, branch, sample\): \[\(1, 0, 'cond', 0\)"):
-        AttentionMap.execute(features, 1, 1, 0, 3, -1, "cond", 0, 0.0, 0.6)
+        run_node(AttentionMap, features=features, x=1, y=1, block=3)
 
 
 def test_bad_reference_frame_and_interrupt_leave_the_model_clean(video):

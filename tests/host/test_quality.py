@@ -1,11 +1,12 @@
 """bench/quality.py runs the whole pipeline and its baselines on synthetic clips (here with tiny random models)."""
 import safetensors.torch
-from quality import evaluate
-from random_models import random_model, random_wan_vae_state_dict
+
+from difftrack_bench.quality import evaluate
+from difftrack_devkit.models import random_model, random_wan_vae_state_dict
 
 
 def test_quality_benchmark_runs(tmp_path):
-    state = random_model("wan_tiny").get_model_object("diffusion_model").state_dict()
+    state = random_model("wan").get_model_object("diffusion_model").state_dict()
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "wan.safetensors")
     safetensors.torch.save_file({k: v.contiguous() for k, v in random_wan_vae_state_dict().items()}, tmp_path / "vae.safetensors")
     result = evaluate(str(tmp_path / "wan.safetensors"), str(tmp_path / "vae.safetensors"), seed=5, clips=2, size=64,

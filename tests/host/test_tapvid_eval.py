@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from random_models import random_model, random_wan_vae_state_dict
-from tapvid_eval import evaluate, queries_of
+
+from difftrack_bench.tapvid_eval import evaluate, queries_of
+from difftrack_devkit.models import random_model, random_wan_vae_state_dict
 
 
 def test_tapvid_queries():
@@ -31,7 +32,7 @@ def tiny_davis(tmp_path):
         videos[name] = {"video": rng.integers(0, 255, (9, 48, 64, 3), dtype=np.uint8), "points": points,
                         "occluded": occluded}
     (tmp_path / "davis.pkl").write_bytes(pickle.dumps(videos))
-    state = random_model("wan_tiny").get_model_object("diffusion_model").state_dict()
+    state = random_model("wan").get_model_object("diffusion_model").state_dict()
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "wan.safetensors")
     safetensors.torch.save_file({k: v.contiguous() for k, v in random_wan_vae_state_dict().items()}, tmp_path / "vae.safetensors")
     return tmp_path

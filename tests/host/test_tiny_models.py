@@ -16,12 +16,12 @@ import folder_paths
 import nodes
 from PIL import Image
 from scipy import ndimage
-from locate import COMFYUI, REPO
-from train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, load, new_dit, new_vae, normalise_latents
 
+from difftrack_bench.train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, load, new_dit, new_vae, normalise_latents
+from difftrack_devkit.host import REPO, find_comfyui
+from difftrack_devkit.nodes import run_node
 from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.cag_nodes import ZeroConditioning
-from hostlib import node_output
 
 SIZE, FRAMES = 256, 13
 ARTIFACTS = REPO / "test-artifacts"
@@ -100,7 +100,7 @@ def test_sampling_from_noise_gives_clips_with_sprites(models):
     match the training clips' and in which outlined sprites stay for several frames in a row. The written grid shows
     them (rows: two generated clips, then two real ones; columns: frames 0, 4, 8, 12)."""
     model, vae = models
-    positive = node_output(ZeroConditioning.execute(model))[0]
+    positive = run_node(ZeroConditioning, model=model).args[0]
     latent = {"samples": torch.zeros(2, 16, FRAMES, SIZE // 8, SIZE // 8)}
     samples = nodes.common_ksampler(model, 0, 20, 1.0, "euler", "simple", positive, positive, latent)[0]["samples"]
     generated = [torch.cat([vae.decode(samples[b, :, t][None, :, None]) for t in range(FRAMES)]).reshape(FRAMES, SIZE, SIZE, 3)
@@ -123,7 +123,7 @@ def test_training_runs_in_parts(tmp_path):
         subprocess.run([sys.executable, str(REPO / "bench" / "train_tiny.py"), "--out", str(out), "--clips", "4", "--size", "32",
                         "--frames", "3", "--vae-steps", "2", "--vae-batch", "2", "--dit-steps", "3", "--dit-batch", "2",
                         "--workers", "1", "--device", "cpu", *extra],
-                       check=True, capture_output=True, env={**os.environ, "COMFYUI_PATH": str(COMFYUI)}, timeout=300)
+                       check=True, capture_output=True, env={**os.environ, "COMFYUI_PATH": str(find_comfyui())}, timeout=300)
         return json.loads((out / "training.json").read_text())
 
     first = train(tmp_path / "first")

@@ -10,8 +10,9 @@ import torch
 import folder_paths
 from PIL import Image
 from comfy_extras.nodes_wanmove import WanMoveTracksFromCoords, WanMoveVisualizeTracks
-from hostlib import node_output, tiny_model
-from random_models import random_wan_vae
+
+from difftrack_devkit.models import random_model, random_wan_vae
+from difftrack_devkit.nodes import run_node
 
 from difftrack_pack.nodes.capture_nodes import ExtractVideoFeatures
 from difftrack_pack.nodes.track_nodes import DrawTracks, SaveTracks, TrackPoints
@@ -21,12 +22,11 @@ FRAMES, SIZE = 9, 64
 
 @pytest.fixture(scope="module")
 def video():
-    return tiny_model("wan"), random_wan_vae(), torch.rand(FRAMES, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
+    return random_model("wan"), random_wan_vae(), torch.rand(FRAMES, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(0))
 
 
-def track(points="[[20, 30], [40, 10, 4]]", grid_size=0, readout="refined", **inputs):
-    return node_output(TrackPoints.execute(points, grid_size, 0, readout, 2, 1.0, 3.0, 0.0, "auto", 0.1, 0, "per_frame",
-                                           5, **inputs))
+def track(points="[[20, 30], [40, 10, 4]]", **inputs):
+    return run_node(TrackPoints, points=points, frames_per_chunk=5, **inputs).args
 
 
 def test_track_points_from_model_feeds_core_wanmove(video):
@@ -38,15 +38,16 @@ def test_track_points_from_model_feeds_core_wanmove(video):
     assert visible[0, 0] and visible[4, 1]
     assert visibility.shape == (FRAMES, SIZE, SIZE) and visibility[0, 30, 20] == 1.0
     assert json.loads(coordinates)[1][4] == {"x": 40.0, "y": 10.0}
-    (drawn,) = node_output(WanMoveVisualizeTracks.execute(images, 24, 12, 0.75, 16, tracks=tracks))  # ComfyUI core
+    (drawn,) = run_node(WanMoveVisualizeTracks, images=images, tracks=tracks).args  # ComfyUI core
     assert drawn.shape == images.shape
-    (from_coords,) = node_output(WanMoveTracksFromCoords.execute(coordinates))[:1]  # our JSON read by core
+    from_coords = run_node(WanMoveTracksFromCoords, track_coords=coordinates).args[0]  # our JSON read by core
     torch.testing.assert_close(from_coords["track_path"].float(), path, atol=0.01, rtol=0)
 
 
 def test_track_points_from_features_grid_and_mask(video):
     model, vae, images = video
-    (features,) = node_output(ExtractVideoFeatures.execute(model, vae, images, "1, 2", 0.1, 0, "per_frame", 0, 0, "model", "cpu"))
+    (features,) = run_node(ExtractVideoFeatures, model=model, vae=vae, images=images, blocks="1, 2", frames_per_chunk=0,
+                           storage="cpu").args
     mask = torch.zeros(FRAMES, SIZE, SIZE)
     mask[:, :, : SIZE // 2] = 1
     tracks, _, _ = track(grid_size=4, features=features, mask=mask)
@@ -71,18 +72,18 @@ def test_missing_inputs_and_frame_mismatch(video):
     model, vae, images = video
     with pytest.raises(ValueError, match="Connect either features"):
         track(model=model, images=images)
-    (features,) = node_output(ExtractVideoFeatures.execute(model, vae, images, "auto", 0.1, 0, "per_frame", 0, 0, "model", "cpu"))
+    (features,) = run_node(ExtractVideoFeatures, model=model, vae=vae, images=images, frames_per_chunk=0).args
     with pytest.raises(ValueError, match="The images have 5 frames but the features were extracted from 9"):
         track(features=features, images=images[:5])
 
 
 def test_previews_for_the_editor_and_the_animation(video):
     model, vae, images = video
-    result = TrackPoints.execute('[[20, 30, 4]]', 0, 4, "refined", 2, 1.0, 3.0, 0.0, "auto", 0.1, 0, "per_frame", 5,
-                                 model=model, vae=vae, images=images)
+    result = run_node(TrackPoints, points='[[20, 30, 4]]', query_frame=4, frames_per_chunk=5, model=model, vae=vae,
+                      images=images)
     (frame,) = result.ui["difftrack_frame"]  # the query frame, shown by the points editor
     assert frame["type"] == "temp" and Path(folder_paths.get_temp_directory(), frame["subfolder"], frame["filename"]).is_file()
-    drawn = DrawTracks.execute(images, result.args[0], 8, 0.0, 0.0, False, 1.0)
+    drawn = run_node(DrawTracks, images=images, tracks=result.args[0], trail=8)
     shown = drawn.ui.as_dict()
     assert shown["animated"] == (True,) and shown["images"][0]["filename"].endswith(".webp")
     webp = Image.open(Path(folder_paths.get_temp_directory(), shown["images"][0]["subfolder"], shown["images"][0]["filename"]))
@@ -92,9 +93,9 @@ def test_previews_for_the_editor_and_the_animation(video):
 def test_draw_and_save(video):
     model, vae, images = video
     tracks, _, _ = track(model=model, vae=vae, images=images)
-    (drawn,) = node_output(DrawTracks.execute(images, tracks, 8, 0.0, 0.0, True, 1.0))
+    (drawn,) = run_node(DrawTracks, images=images, tracks=tracks, trail=8, show_ids=True).args
     assert drawn.shape == images.shape and not torch.equal(drawn, images)
-    result = SaveTracks.execute(tracks, "difftrack/test", "all")
+    result = run_node(SaveTracks, tracks=tracks, filename_prefix="difftrack/test")
     output = Path(folder_paths.get_output_directory())
     files = {entry["filename"].rsplit(".", 1)[1]: output / entry["subfolder"] / entry["filename"] for entry in result.ui["tracks"]}
     assert sorted(files) == ["csv", "json", "npz"]

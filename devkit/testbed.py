@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-import hostlib
-from headless import ComfyServer, install_pack
-from locate import COMFYUI
+from .host import find_comfyui, load_host
+from .server import ComfyServer, install_pack
 
 TINY_WAN = "difftrack_tiny_wan.safetensors"
 TINY_WAN_I2V = "difftrack_tiny_wan_i2v.safetensors"
@@ -18,13 +17,14 @@ CLIP_FRAMES, CLIP_SIZE = 9, 64
 
 def write_models(models: Path) -> None:
     """Tiny Wan DiT and Wan 2.1 VAE with random weights, as files the stock loaders read."""
-    hostlib.load_host()
+    load_host(find_comfyui())
     import safetensors.torch
-    from random_models import random_model, random_wan_vae_state_dict
+
+    from .models import random_model, random_wan_vae_state_dict
 
     (models / "diffusion_models").mkdir(parents=True)
     (models / "vae").mkdir(parents=True)
-    for config, name in (("wan_tiny", TINY_WAN), ("wan_i2v_tiny", TINY_WAN_I2V)):
+    for config, name in (("wan", TINY_WAN), ("wan_i2v", TINY_WAN_I2V)):
         state = random_model(config).get_model_object("diffusion_model").state_dict()
         safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, models / "diffusion_models" / name)
     safetensors.torch.save_file({k: v.contiguous() for k, v in random_wan_vae_state_dict().items()}, models / "vae" / TINY_VAE)
@@ -53,6 +53,6 @@ def start_server(base: Path) -> ComfyServer:
     write_models(base / "models")
     (base / "input").mkdir()
     write_clip(base / "input" / CLIP)
-    server = ComfyServer(COMFYUI, base)
+    server = ComfyServer(find_comfyui(), base)
     server.start()
     return server

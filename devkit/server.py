@@ -1,7 +1,8 @@
 """A ComfyUI server run headless on 127.0.0.1 with this pack installed, and shipped workflows turned into prompts.
 
-Used by the demo (tools/demo.py), tools/build_workflows.py and the e2e tests.
-Standard library only: it drives a ComfyUI checkout as a separate process.
+Used by the demo (tools/demo.py), tools/build_workflows.py and the e2e tests
+(through testbed.py). Standard library only: it drives a ComfyUI checkout as a
+separate process.
 """
 from __future__ import annotations
 

@@ -7,7 +7,26 @@ weights, giving [B, H, L_video, D] per forward.
 from __future__ import annotations
 
 import torch
-from hostlib import linear, rms, rope_pairs
+
+
+def rope_pairs(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Reference RoPE for ComfyUI's 2x2-rotation frequency tensors: rotates each (even, odd) channel pair."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 1, 2)
+    return (freqs * pairs).sum(-1).reshape(x.shape)
+
+
+def rms(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """Reference RMSNorm from a norm module's own gain (ComfyUI's ops.RMSNorm or Flux's RMSNorm)."""
+    gain = norm.weight if hasattr(norm, "weight") else norm.scale
+    eps = getattr(norm, "eps", 1e-6)
+    eps = torch.finfo(torch.float32).eps if eps is None else eps
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain.float()
+
+
+def linear(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    out = x.float() @ layer.weight.float().T
+    return out if layer.bias is None else out + layer.bias.float()
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -82,18 +101,17 @@ def kandinsky5(block):
     return attention, reference
 
 
-REFERENCES = {"wan": wan, "hunyuan_video": hunyuan_video, "ltxv": ltxv, "mochi": mochi, "kandinsky5": kandinsky5}
-
-
 class Observer:
     """Records the reference q/k of one block for every forward."""
 
-    def __init__(self, arch: str, diffusion_model, block_index: int):
+    def __init__(self, case: str, diffusion_model, block_index: int):
         from difftrack_pack.nodes.adapters import adapter_for
-        from hostlib import ARCHITECTURES
+
+        from .families import CASES
+
         adapter = adapter_for(diffusion_model)
         block = getattr(diffusion_model, adapter.blocks_attribute)[block_index]
-        module, self._reference = REFERENCES[ARCHITECTURES[arch][2]](block)
+        module, self._reference = CASES[case].qk_reference(block)
         self.forwards: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._handle = module.register_forward_pre_hook(self._observe, with_kwargs=True)
 

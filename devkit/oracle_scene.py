@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ditcorr import QK
+from difftrack_pack.ditcorr import QK
 
 
 @dataclass
