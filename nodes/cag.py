@@ -10,19 +10,18 @@ never modified.
 """
 from __future__ import annotations
 
-import comfy.model_patcher
-import comfy.patcher_extension
+from dataclasses import dataclass
+
 import comfy.samplers
 import torch
-from comfy.patcher_extension import WrappersMP
 
 from ..ditcorr.guidance import add_guidance, frame_local_attention
 from ..ditcorr.selection import parse_indices
 from .adapters import Adapter
 from .hooks import AttentionHook, SelfAttentionCall
+from .patching import COND, chain_block_patch, rows_of, run_block
 
-PREFIX_KEY = "difftrack_cag_prefix"
-STREAMS = ("img", "txt")  # the tensors a block carries forward (the image stream; the text stream of joint models)
+PERTURBED_KEY = "difftrack_cag_perturbed"  # set in the perturbed pass's transformer_options
 
 
 def choose_cag_blocks(text: str, count: int) -> list[int]:
@@ -49,72 +48,70 @@ class FrameLocalAttention(AttentionHook):
         return out.to(call.args[0].dtype)
 
 
-def _cond_rows(options: dict, batch: int) -> list[int]:
-    chunks = options.get("cond_or_uncond", [0])
-    per_chunk = batch // len(chunks)
-    return [row for row in range(batch) if chunks[row // per_chunk] == 0]
+@dataclass
+class StepRecord:
+    """What one guided step's cond pass leaves for its perturbed pass: the cond rows' input of the first perturbed
+    block (each stream the block carries forward), at this σ."""
+
+    sigma: float
+    streams: dict[str, torch.Tensor]
+    skipped_blocks: int = 0  # blocks the perturbed pass skipped thanks to it (tests and benchmarks read it)
+
+    def fits(self, args: dict) -> bool:
+        """Whether a block call belongs to a forward this record can start: same σ, same number of rows."""
+        sigma = float(args["transformer_options"]["sigmas"].flatten()[0])
+        return sigma == self.sigma and all(args[k].shape[0] == v.shape[0] for k, v in self.streams.items())
 
 
 class PrefixReuse:
-    """Records the cond rows' block input at the first perturbed block; lets the perturbed pass start there."""
+    """Records the cond rows' block input at the first perturbed block; lets the perturbed pass start there.
 
-    def __init__(self, first_block: int, active):
+    The only state is the current step's record: the normal pass writes it, the perturbed pass of the same step
+    takes it (once) and is built around it; a forward it does not fit runs whole."""
+
+    def __init__(self, adapter: Adapter, first_block: int, active):
+        self.adapter = adapter
         self.first_block = first_block
         self.active = active  # sigma -> whether this step is guided (only then is recording worth it)
-        self.recorded: tuple[float, dict] | None = None
-        self.reusing = False
-        self.perturbing = False
-        self.skipped_blocks = 0  # blocks skipped in the last perturbed forward (for tests and benchmarks)
+        self.record: StepRecord | None = None  # written by the cond pass, taken by the perturbed pass
+        self.last_used: StepRecord | None = None  # the record the last perturbed pass started from
 
     def __deepcopy__(self, memo):
         return self
 
     def recorder(self, previous):
-        """Block patch for the normal pass."""
+        """Block patch for the normal pass (perturbed passes are marked in their transformer_options)."""
         def patch(args, extra):
             options = args["transformer_options"]
             sigma = float(options["sigmas"].flatten()[0])
-            if not self.perturbing and self.active(sigma):
-                rows = _cond_rows(options, args["img"].shape[0])
-                self.recorded = (sigma, {k: args[k][rows].clone() for k in STREAMS if torch.is_tensor(args.get(k))})
-            return previous(args, extra) if previous else extra["original_block"](args)
+            if not options.get(PERTURBED_KEY) and self.active(sigma):
+                rows = rows_of(options.get("cond_or_uncond", [COND]), args[self.adapter.image_stream_key].shape[0])
+                self.record = StepRecord(sigma, {k: args[k][rows].clone() for k in self.adapter.streams})
+            return run_block(previous, args, extra)
         return patch
 
     def perturbed_options(self, options: dict) -> dict:
-        """Skip the blocks before the first perturbed one and start it from the recorded input, when it matches."""
-        existing = options["transformer_options"].get("patches_replace", {}).get("dit", {})
+        """Take this step's record; skip the blocks before the first perturbed one and start it from the record."""
+        record, self.record = self.record, None  # one step's record is used once, then released
+        self.last_used = record
+        if record is None:
+            return options
+        key = self.adapter.block_key
         for block in range(self.first_block):
-            options = comfy.model_patcher.set_model_options_patch_replace(
-                options, self._skip(existing.get(("double_block", block))), "dit", "double_block", block)
-        options = comfy.model_patcher.set_model_options_patch_replace(
-            options, self._resume(existing.get(("double_block", self.first_block))), "dit", "double_block", self.first_block)
-        comfy.patcher_extension.add_wrapper_with_key(WrappersMP.APPLY_MODEL, PREFIX_KEY, self._decide, options,
-                                                     is_model_options=True)
-        return options
+            options = chain_block_patch(options, key, block, lambda previous: self._skip(record, previous))
+        return chain_block_patch(options, key, self.first_block, lambda previous: self._resume(record, previous))
 
-    def _decide(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        recorded = self.recorded
-        self.reusing = (recorded is not None and recorded[0] == float(t.flatten()[0])
-                        and all(v.shape[0] == x.shape[0] for v in recorded[1].values()))
-        self.skipped_blocks = 0
-        try:
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
-        finally:
-            self.reusing = False
-
-    def _skip(self, previous):
+    def _skip(self, record: StepRecord, previous):
         def patch(args, extra):
-            if not self.reusing:
-                return previous(args, extra) if previous else extra["original_block"](args)
-            self.skipped_blocks += 1
-            return {k: args[k] for k in STREAMS if k in args}  # skipped: its output is replaced at the first perturbed block
+            if not record.fits(args):
+                return run_block(previous, args, extra)
+            record.skipped_blocks += 1
+            return {k: args[k] for k in self.adapter.streams}  # skipped: replaced at the first perturbed block
         return patch
 
-    def _resume(self, previous):
+    def _resume(self, record: StepRecord, previous):
         def patch(args, extra):
-            if self.reusing:
-                args = {**args, **self.recorded[1]}
-            return previous(args, extra) if previous else extra["original_block"](args)
+            return run_block(previous, {**args, **record.streams} if record.fits(args) else args, extra)
         return patch
 
 
@@ -126,7 +123,8 @@ class CrossAttentionGuidance:
         self.frame_local = FrameLocalAttention(adapter, diffusion_model, blocks, variant)
         self.scale, self.sigma_low, self.sigma_high = scale, sigma_low, sigma_high
         # Block-index scoping has no block replacements to skip blocks with; those families run the whole pass.
-        self.prefix = PrefixReuse(self.frame_local.blocks[0], self.active) if reuse_prefix and not adapter.scope_by_block_index else None
+        self.prefix = (PrefixReuse(adapter, self.frame_local.blocks[0], self.active)
+                       if reuse_prefix and not adapter.scope_by_block_index else None)
 
     def __deepcopy__(self, memo):
         return self
@@ -138,26 +136,19 @@ class CrossAttentionGuidance:
         """A clone of `patcher` guided by CAG in any sampler (a post-CFG step, as core's SkipLayerGuidanceDiT)."""
         model = patcher.clone()
         if self.prefix is not None:
-            existing = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-            model.set_model_patch_replace(self.prefix.recorder(existing.get(("double_block", self.prefix.first_block))),
-                                          "dit", "double_block", self.prefix.first_block)
+            model.model_options = chain_block_patch(model.model_options, self.frame_local.adapter.block_key,
+                                                    self.prefix.first_block, self.prefix.recorder)
         model.set_model_sampler_post_cfg_function(self.post_cfg)
         return model
 
     def perturbed_options(self, model_options: dict) -> dict:
         options = self.frame_local.install_options(model_options)
+        options["transformer_options"][PERTURBED_KEY] = True
         return self.prefix.perturbed_options(options) if self.prefix is not None else options
 
     def post_cfg(self, args: dict) -> torch.Tensor:
         if not self.active(float(args["sigma"].flatten()[0])):
             return args["denoised"]
-        if self.prefix is not None:
-            self.prefix.perturbing = True
-        try:
-            (perturbed,) = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"],
-                                                          self.perturbed_options(args["model_options"]))
-        finally:
-            if self.prefix is not None:
-                self.prefix.perturbing = False
-                self.prefix.recorded = None  # one step's record is used once, then released
+        (perturbed,) = comfy.samplers.calc_cond_batch(args["model"], [args["cond"]], args["input"], args["sigma"],
+                                                      self.perturbed_options(args["model_options"]))
         return add_guidance(args["denoised"], args["cond_denoised"], perturbed, self.scale)

@@ -7,8 +7,7 @@ import torch
 
 from ..ditcorr import QK, CaptureKey, DitFeatures
 from .hooks import AttentionHook, ForwardInfo, SelfAttentionCall
-
-BRANCH_OF_COND = {0: "cond", 1: "uncond"}
+from .patching import BRANCH_OF_COND, cond_of_row, rows_per_cond
 
 
 class ForwardStopped(Exception):
@@ -74,14 +73,14 @@ class CaptureSession(AttentionHook):
         info = call.forward
         q, k = call.q[:, :, call.video], call.k[:, :, call.video]  # [B, H, N, D]
         heads, dim = q.shape[1], q.shape[3]
-        rows_per_cond = info.batch // len(info.cond_or_uncond)
+        per_cond = rows_per_cond(info.cond_or_uncond, info.batch)
         device = torch.device("cpu") if self.request.offload else q.device
         dtype = self.request.dtype or q.dtype
         for row in range(info.batch):
-            branch = BRANCH_OF_COND.get(info.cond_or_uncond[row // rows_per_cond])
+            branch = BRANCH_OF_COND.get(cond_of_row(info.cond_or_uncond, info.batch, row))
             if branch not in self.request.branches:
                 continue
-            key = CaptureKey(call.block, info.step, branch, row % rows_per_cond, self.chunk)
+            key = CaptureKey(call.block, info.step, branch, row % per_cond, self.chunk)
             if key in self.captures:  # a multi-stage sampler's later evaluation within the same step
                 continue
             stored = [torch.empty((heads, *info.grid, dim), device=device, dtype=dtype) for _ in range(2)]

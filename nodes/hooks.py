@@ -26,6 +26,7 @@ import comfy.patcher_extension
 from comfy.patcher_extension import WrappersMP
 
 from .adapters import Adapter, UnsupportedInput
+from .patching import call_through, chain_block_patch, run_block
 
 WRAPPER_KEY = "difftrack_attention_hook"
 
@@ -79,11 +80,6 @@ class SelfAttentionCall:
     @property
     def v(self) -> torch.Tensor:
         return self._heads_first(self.args[2])
-
-
-def call_through(previous: Callable | None, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """Run the attention backend, through the override another node installed before us if there is one."""
-    return previous(func, *args, **kwargs) if previous else func(*args, **kwargs)
 
 
 def step_index(sample_sigmas: torch.Tensor | None, sigma: float) -> int:
@@ -143,10 +139,9 @@ class AttentionHook:
         if self.adapter.scope_by_block_index:
             transformer["optimized_attention_override"] = self._indexed_override(transformer.get("optimized_attention_override"))
         else:
-            existing = transformer.get("patches_replace", {}).get("dit", {})
             for block in self.blocks:
-                options = comfy.model_patcher.set_model_options_patch_replace(
-                    options, self._block_patch(block, existing.get(("double_block", block))), "dit", "double_block", block)
+                options = chain_block_patch(options, self.adapter.block_key, block,
+                                            lambda previous, block=block: self._block_patch(block, previous))
         for kind, wrapper in ((WrappersMP.APPLY_MODEL, self._apply_model), (WrappersMP.OUTER_SAMPLE, self._outer_sample)):
             comfy.patcher_extension.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper, options, is_model_options=True)
         return options
@@ -205,7 +200,7 @@ class AttentionHook:
                 options["optimized_attention_override"] = self._first_call_override(
                     block, info, image_tokens, options.get("optimized_attention_override"))
                 args = {**args, "transformer_options": options}
-            return previous_patch(args, extra) if previous_patch else extra["original_block"](args)
+            return run_block(previous_patch, args, extra)
         return patch
 
     def _first_call_override(self, block: int, info: ForwardInfo, image_tokens: int, previous: Callable | None) -> Callable:

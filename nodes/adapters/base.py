@@ -22,10 +22,14 @@ class Adapter:
     name = ""
     # Diffusion-model classes handled (exact classes: subclasses may add tokens).
     model_classes: tuple[type, ...] = ()
-    # Attribute holding the hookable blocks (patches_replace ("double_block", i)).
+    # Attribute holding the hookable blocks, and their key in patches_replace["dit"]: (block_key, i).
     blocks_attribute = "blocks"
+    block_key = "double_block"
     # Key of the image-stream tensor in the block-replacement args.
     image_stream_key = "img"
+    # The tensors a block replacement hands on to the next block (its return dict): the image stream, and the
+    # text stream of joint-attention models.
+    streams: tuple[str, ...] = ("img",)
     # Scope hooks by transformer_options["block_index"] instead of a dit block replacement
     # (for families whose replacement path is unusable); needs video-only self-attention.
     scope_by_block_index = False

@@ -11,6 +11,7 @@ class HunyuanVideoAdapter(Adapter):
     name = "HunyuanVideo 1/1.5"
     model_classes = (HunyuanVideo,)
     blocks_attribute = "double_blocks"
+    streams = ("img", "txt")
     round_up = False  # img_in is a strided conv: partial patches are dropped
 
     def zero_context(self, diffusion_model):

@@ -10,7 +10,7 @@ from .base import Adapter
 class MochiAdapter(Adapter):
     name = "Mochi"
     model_classes = (AsymmDiTJoint,)
-    blocks_attribute = "blocks"
+    streams = ("img", "txt")
     round_up = False
     vae_ratios = (6, 8)
 

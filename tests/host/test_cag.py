@@ -91,7 +91,7 @@ def test_prefix_reuse_equals_a_naive_three_pass_loop(arch):
     adapter = adapter_for(diffusion_model)
     guidance = CrossAttentionGuidance(adapter, diffusion_model, BLOCKS, 1.5, "renormalised", 0.0, 1e9, reuse_prefix=True)
     fast = one_step(guidance.patch(model), arch)
-    assert guidance.prefix.skipped_blocks == BLOCKS[0]  # the perturbed pass really started at the first block
+    assert guidance.prefix.last_used.skipped_blocks == BLOCKS[0]  # the perturbed pass really started at the first block
 
     frame_local = FrameLocalAttention(adapter, diffusion_model, BLOCKS, "renormalised")
 
