@@ -37,7 +37,8 @@ def main() -> None:
 
     import comfy.samplers
 
-    from difftrack_pack.nodes.cag import CrossAttentionGuidance, choose_cag_blocks
+    from difftrack_pack.nodes.cag import CrossAttentionGuidance
+    from difftrack_pack.nodes.vocabulary import model_blocks
     from difftrack_pack.nodes.extract import single_forward
 
     size = SIZES[args.size]
@@ -46,7 +47,7 @@ def main() -> None:
     model, adapter, _, positive = benchmark_model(size["config"], size["dtype"], args.device, generator)
     negative = [[torch.randn(positive[0][0].shape, generator=generator), positive[0][1]]]
     diffusion_model = model.get_model_object("diffusion_model")
-    blocks = choose_cag_blocks("auto", adapter.block_count(diffusion_model))
+    blocks = model_blocks("auto", "guide", model)
     latent = torch.randn(1, *size["latent"], generator=generator)
     guided = {reuse: CrossAttentionGuidance(adapter, diffusion_model, blocks, 1.0, "renormalised", 0.0, 1e9, reuse).patch(model)
               for reuse in (False, True)}

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from difftrack_devkit.host import require_host
+from difftrack_devkit.nodes import run_node
 
 
 def queries_of(points: torch.Tensor, occluded: torch.Tensor, size: tuple[int, int], mode: str, stride: int = 5):
@@ -61,8 +62,8 @@ def evaluate(davis: str, unet: str, vae: str, size=(480, 832), query_mode="first
         points, occluded = torch.as_tensor(data["points"]).float(), torch.as_tensor(data["occluded"]).bool()
         queries, owners = queries_of(points, occluded, size, query_mode)
         text = json.dumps([{"x": x, "y": y, "t": int(t)} for x, y, t in queries.tolist()])
-        tracks, _, _ = TrackPoints.execute(text, 0, 0, readout, 2, 1.0, 3.0, 0.0, blocks, sigma, 0, encoding,
-                                           frames_per_chunk, model=model, vae=autoencoder, images=images).args
+        tracks, _, _ = run_node(TrackPoints, points=text, readout=readout, blocks=blocks, sigma=sigma, encoding=encoding,
+                                frames_per_chunk=frames_per_chunk, model=model, vae=autoencoder, images=images).args
         gt = to_raster(points[owners] * torch.tensor([size[1], size[0]]), size)  # [Q, T, 2]
         pred = to_raster(tracks["track_path"].transpose(0, 1), size)
         per_video[name] = tapvid_metrics(pred, tracks["track_visibility"].T, gt, ~occluded[owners], queries[:, 2],

@@ -108,3 +108,8 @@ def model_config(name: str) -> ModelConfig:
 
 def all_config_names() -> list[str]:
     return [*CASES, *(size for family in FAMILIES.values() for size in family.sizes), *REFUSED]
+
+
+def missing_rows(adapters, families: dict[str, Family] = FAMILIES) -> list[str]:
+    """Adapters (instances) without a row in `families`: each a family no host test would cover."""
+    return sorted({type(adapter).__name__ for adapter in adapters} - set(families))

@@ -1,14 +1,14 @@
-"""Host-free core of the DiffTrack node pack: features, chunking, correspondence cost.
+"""Host-free core of the DiffTrack node pack: features, chunking, correspondence cost, tracking, metrics, drawing.
 
-Nothing here imports ComfyUI; it needs torch only.
+Nothing here imports ComfyUI; it needs torch and numpy (both ship with ComfyUI).
 """
 from .chunks import plan_chunks
 from .cost import point_cost, point_cost_over_video, sample_tokens
-from .features import BRANCHES, QK, CaptureKey, DitFeatures, latent_frame_positions, source_frame_count
+from .features import BRANCHES, QK, CaptureKey, DitFeatures, FeatureChunk, latent_frame_positions, source_frame_count
 from .heatmap import colorize, render_heatmaps
 from .selection import parse_indices
 
 __all__ = [
-    "BRANCHES", "QK", "CaptureKey", "DitFeatures", "colorize", "latent_frame_positions", "parse_indices",
+    "BRANCHES", "QK", "CaptureKey", "DitFeatures", "FeatureChunk", "colorize", "latent_frame_positions", "parse_indices",
     "plan_chunks", "point_cost", "point_cost_over_video", "render_heatmaps", "sample_tokens", "source_frame_count",
 ]

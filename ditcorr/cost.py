@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .features import QK
+from .features import QK, FeatureChunk
 
 
 def sample_tokens(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -109,11 +109,11 @@ def point_cost(source: QK, source_frame: int, target: QK, target_frame: int, poi
     return pair_costs(source, [source_frame], target, [target_frame], points[None], temperature)[0]
 
 
-def point_cost_over_video(chunks: list[tuple[tuple[float, ...], QK]], query_frame: float, points: torch.Tensor,
+def point_cost_over_video(chunks: list[FeatureChunk], query_frame: float, points: torch.Tensor,
                           temperature: float | None = None) -> tuple[list[float], torch.Tensor]:
     """Cost maps of query points on one frame against every frame of the video.
 
-    chunks: (frame positions, QK) per chunk, as DitFeatures.select returns.
+    chunks: as DitFeatures.select returns.
     query_frame: source-frame position of the query frame (the nearest token
     frame is used). A frame's cost is averaged over the chunks that hold both
     it and the query frame. Returns (frame positions, maps [F, N, h, w]); a

@@ -7,6 +7,7 @@ plus what is needed to map tokens back to pixels and frames of the source video.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -39,6 +40,13 @@ class QK:
     @property
     def nbytes(self) -> int:
         return self.q.numel() * self.q.element_size() + self.k.numel() * self.k.element_size()
+
+
+class FeatureChunk(NamedTuple):
+    """One chunk's captured q/k and where its token frames sit in the source video."""
+
+    frames: tuple[float, ...]  # source-frame position of each token frame (a float: native encoding)
+    qk: QK
 
 
 @dataclass
@@ -76,8 +84,8 @@ class DitFeatures:
         return sorted({key.step for key in self.captures})
 
     def select(self, block: int | None = None, step: int | None = None, branch: str = "cond",
-               sample: int = 0) -> list[tuple[tuple[float, ...], QK]]:
-        """The chunks of one (block, step, branch, sample), each as (frame positions, QK).
+               sample: int = 0) -> list[FeatureChunk]:
+        """The chunks of one (block, step, branch, sample), in chunk order.
 
         block/step None: the first captured one. Raises ValueError naming what
         was captured when nothing matches.
@@ -96,10 +104,10 @@ class DitFeatures:
                 f"No capture for block {block}, step {step}, branch {branch!r}, sample {sample}. "
                 f"Captured (block, step, branch, sample): {have}"
             )
-        return [(self.chunk_frames[index], qk) for index, qk in chunks]
+        return [FeatureChunk(self.chunk_frames[index], qk) for index, qk in chunks]
 
     def select_many(self, blocks: list[int] | None = None, steps: list[int] | None = None, branch: str = "cond",
-                    sample: int = 0) -> list[list[tuple[tuple[float, ...], QK]]]:
+                    sample: int = 0) -> list[list[FeatureChunk]]:
         """One chunk list per (block, step) to fuse; None = every captured block / step."""
         return [self.select(block, step, branch, sample)
                 for block in (blocks if blocks is not None else self.blocks())

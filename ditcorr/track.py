@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 
 from .cost import forward_rows, pair_costs, sample_tokens
-from .features import QK
+from .features import FeatureChunk
 
-Chunks = list[tuple[tuple[float, ...], QK]]
+Chunks = list[FeatureChunk]
 READOUTS = ("argmax", "refined")
 
 

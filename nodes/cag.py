@@ -16,20 +16,11 @@ import comfy.samplers
 import torch
 
 from ..ditcorr.guidance import add_guidance, frame_local_attention
-from ..ditcorr.selection import parse_indices
 from .adapters import Adapter
 from .hooks import AttentionHook, SelfAttentionCall
 from .patching import COND, chain_block_patch, rows_of, run_block
 
 PERTURBED_KEY = "difftrack_cag_perturbed"  # set in the perturbed pass's transformer_options
-
-
-def choose_cag_blocks(text: str, count: int) -> list[int]:
-    """'auto': three blocks from the middle of `count` (n/2, n/2+2, n/2+4); else a list like '13, 17, 21'."""
-    if text.strip().lower() == "auto":
-        middle = count // 2
-        return [b for b in (middle, middle + 2, middle + 4) if b < count]
-    return parse_indices(text, "block")
 
 
 class FrameLocalAttention(AttentionHook):

@@ -6,13 +6,9 @@ import nodes as comfy_nodes  # ComfyUI's own top-level nodes module (this pack's
 from comfy_api.latest import io
 
 from ..ditcorr.guidance import VARIANTS
-from .adapters import adapter_for, supported_names
-from .cag import CrossAttentionGuidance, choose_cag_blocks
-from .capture_nodes import CATEGORY
-
-CAG_BLOCKS_TOOLTIP = ("Blocks whose self-attention is made frame-local in the perturbed branch (0-based). 'auto' = "
-                      "three blocks from the middle: n/2, n/2+2, n/2+4 (Wan 1.3B: 15, 17, 19; Wan 14B: 20, 22, 24; "
-                      "HunyuanVideo: 10, 12, 14). DiffTrack used 13, 17, 21 of CogVideoX-2B's 30.")
+from .adapters import supported_names
+from .cag import CrossAttentionGuidance
+from .vocabulary import CATEGORY, blocks_tooltip, model_and_adapter, model_blocks
 
 
 def cag_inputs() -> list:
@@ -20,7 +16,9 @@ def cag_inputs() -> list:
         io.Float.Input("cag_scale", default=1.0, min=0.0, max=20.0, step=0.05,
                        tooltip="Strength s of the push away from the frame-local branch: out = CFG + s (cond - perturbed). "
                                "0 = plain CFG (and no extra pass). DiffTrack used 1."),
-        io.String.Input("blocks", default="auto", tooltip=CAG_BLOCKS_TOOLTIP),
+        io.String.Input("blocks", default="auto",
+                        tooltip=blocks_tooltip("Blocks whose self-attention is made frame-local in the perturbed branch",
+                                               "guide")),
         io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                        tooltip="First part of the schedule to guide (0 = from the first step)."),
         io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -36,12 +34,11 @@ def cag_inputs() -> list:
 
 def cag_model(model, cag_scale, blocks, start_percent, end_percent, variant, reuse_prefix):
     """A clone of `model` guided by CAG."""
-    diffusion_model = model.get_model_object("diffusion_model")
-    adapter = adapter_for(diffusion_model)
+    diffusion_model, adapter = model_and_adapter(model)
     sampling = model.get_model_object("model_sampling")
-    guidance = CrossAttentionGuidance(adapter, diffusion_model, choose_cag_blocks(blocks, adapter.block_count(diffusion_model)),
-                                      cag_scale, variant, sampling.percent_to_sigma(end_percent),
-                                      sampling.percent_to_sigma(start_percent), reuse_prefix)
+    guidance = CrossAttentionGuidance(adapter, diffusion_model, model_blocks(blocks, "guide", model), cag_scale, variant,
+                                      sampling.percent_to_sigma(end_percent), sampling.percent_to_sigma(start_percent),
+                                      reuse_prefix)
     return guidance.patch(model)
 
 
@@ -143,8 +140,8 @@ class ZeroConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
-        diffusion_model = model.get_model_object("diffusion_model")
-        context, extra = adapter_for(diffusion_model).zero_context(diffusion_model)
+        diffusion_model, adapter = model_and_adapter(model)
+        context, extra = adapter.zero_context(diffusion_model)
         return io.NodeOutput([[context, extra]])
 
 

@@ -7,27 +7,11 @@ import torch
 from comfy_api.latest import io
 
 from ..ditcorr import DitFeatures, latent_frame_positions, point_cost_over_video, render_heatmaps, source_frame_count
-from .adapters import adapter_for, supported_names
+from .adapters import supported_names
 from .capture import CaptureSession
-from .extract import ENCODINGS, encode_with_progress, extract_with_progress
-from .options import BRANCH_CHOICES, STORAGE_DTYPES, STORAGE_PLACES, capture_request, choose_blocks
-
-CATEGORY = "DiffTrack"
-DitFeaturesType = io.Custom("DIT_FEATURES")
-DitCaptureType = io.Custom("DIT_CAPTURE")
-
-BLOCKS_TOOLTIP = ("Blocks whose self-attention q/k are read: '15', '13, 17, 21' or '10-12' (0-based). "
-                  "'auto' = the middle block; correspondence is strongest in the middle of the stack "
-                  "(DiffTrack: block 17 of 30 for CogVideoX, double block 16 for HunyuanVideo).")
-DTYPE_TOOLTIP = "Storage precision of captured q/k; 'model' keeps the model's own dtype (exact)."
-STORAGE_TOOLTIP = "Keep captured q/k on the GPU (fastest) or in CPU memory (saves VRAM for long captures)."
-
-
-def _storage_inputs() -> list:
-    return [
-        io.Combo.Input("storage_dtype", options=list(STORAGE_DTYPES), default="model", tooltip=DTYPE_TOOLTIP),
-        io.Combo.Input("storage", options=list(STORAGE_PLACES), default="cpu", tooltip=STORAGE_TOOLTIP),
-    ]
+from .extract import VideoExtraction, extraction_inputs
+from .vocabulary import (BRANCH_CHOICES, CATEGORY, DitCaptureType, DitFeaturesType, blocks_tooltip, capture_request,
+                         model_and_adapter, model_blocks, storage_inputs)
 
 
 @dataclass
@@ -50,7 +34,8 @@ class AttentionCapture(io.ComfyNode):
                          "Wire the sampler's LATENT and this capture into 'Captured Features' to read them."),
             inputs=[
                 io.Model.Input("model", tooltip="The video DiT to record from; the input model itself is not changed."),
-                io.String.Input("blocks", default="auto", tooltip=BLOCKS_TOOLTIP),
+                io.String.Input("blocks", default="auto",
+                                tooltip=blocks_tooltip("Blocks whose self-attention q/k are recorded", "read")),
                 io.String.Input("steps", default="all",
                                 tooltip="Sampler steps to record (0-based schedule indices): 'all', '0, 10, 20' or '5-9'."),
                 io.Float.Input("sigma_low", default=0.0, min=0.0, max=1000.0, step=0.001,
@@ -59,7 +44,7 @@ class AttentionCapture(io.ComfyNode):
                                tooltip="Record only forwards with σ at or below this."),
                 io.Combo.Input("branches", options=list(BRANCH_CHOICES), default="cond",
                                tooltip="Which batch rows to keep: the positive (cond), the negative (uncond) or both."),
-                *_storage_inputs(),
+                *storage_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the capture hooks; use it in the sampler."),
@@ -69,9 +54,8 @@ class AttentionCapture(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, blocks, steps, sigma_low, sigma_high, branches, storage_dtype, storage) -> io.NodeOutput:
-        diffusion_model = model.get_model_object("diffusion_model")
-        adapter = adapter_for(diffusion_model)
-        session = CaptureSession(adapter, diffusion_model, choose_blocks(blocks, adapter, diffusion_model),
+        diffusion_model, adapter = model_and_adapter(model)
+        session = CaptureSession(adapter, diffusion_model, model_blocks(blocks, "read", model),
                                  capture_request(steps, sigma_low, sigma_high, branches, storage_dtype, storage))
         patched = model.clone()
         session.install(patched)
@@ -125,21 +109,10 @@ class ExtractVideoFeatures(io.ComfyNode):
                 io.Model.Input("model", tooltip=f"The video DiT ({supported_names()})."),
                 io.Vae.Input("vae", tooltip="The VAE that belongs to the model."),
                 io.Image.Input("images", tooltip="The video frames."),
-                io.String.Input("blocks", default="auto", tooltip=BLOCKS_TOOLTIP),
-                io.Float.Input("sigma", default=0.1, min=0.001, max=1.0, step=0.001,
-                               tooltip="Noise level of the forward (flow models; timestep = 1000·σ). "
-                                       "0.02-0.2 works best: low enough to keep the content, high enough to be in-distribution."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the noise added to the latent."),
-                io.Combo.Input("encoding", options=list(ENCODINGS), default="per_frame",
-                               tooltip="per_frame: each frame encoded alone, one latent frame per video frame (DiffTrack). "
-                                       "native: the whole clip at once, with the VAE's temporal compression (fewer, coarser frames)."),
-                io.Int.Input("frames_per_chunk", default=13, min=0, max=1024,
-                             tooltip="Latent frames per forward: the reference frame plus strided others; "
-                                     "chunks repeat until every frame is covered. 0 = the whole video in one forward."),
+                *extraction_inputs(),
                 io.Int.Input("reference_frame", default=0, min=0, max=100000,
                              tooltip="Latent frame placed first in every chunk (the frame you will query)."),
-                *_storage_inputs(),
+                *storage_inputs(),
                 io.Conditioning.Input("conditioning", optional=True,
                                       tooltip="Text conditioning (an empty prompt is best). Unconnected: a zero context, "
                                               "which avoids loading the text encoder."),
@@ -150,14 +123,10 @@ class ExtractVideoFeatures(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, images, blocks, sigma, seed, encoding, frames_per_chunk, reference_frame,
                 storage_dtype, storage, conditioning=None) -> io.NodeOutput:
-        diffusion_model = model.get_model_object("diffusion_model")
-        adapter = adapter_for(diffusion_model)
-        chosen = choose_blocks(blocks, adapter, diffusion_model)
-        latent, positions = encode_with_progress(vae, images, encoding)
-        request = capture_request("all", 0.0, 1000.0, "cond", storage_dtype, storage)
-        features = extract_with_progress(model, latent, positions, images, conditioning, chosen, sigma, seed,
-                                         frames_per_chunk, reference_frame, request)
-        return io.NodeOutput(features)
+        model_blocks(blocks, "read", model)  # an unsupported model or unreadable blocks: refused before encoding
+        extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
+        latent, positions = extraction.encode(vae, images)
+        return io.NodeOutput(extraction.extract(model, latent, positions, images, conditioning, reference_frame))
 
 
 class AttentionMap(io.ComfyNode):

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
+from comfy_api.latest import io
 
 from ..ditcorr import DitFeatures, latent_frame_positions, plan_chunks
-from .adapters import adapter_for
 from .capture import CaptureRequest, CaptureSession, ForwardStopped
+from .vocabulary import blocks_tooltip, capture_request, model_and_adapter, model_blocks
 
 ENCODINGS = ("per_frame", "native")
 
@@ -58,8 +60,7 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
     reference_frame: latent frame placed first in every chunk.
     The user's model is not modified: the hook lives on a clone.
     """
-    diffusion_model = patcher.get_model_object("diffusion_model")
-    adapter = adapter_for(diffusion_model)
+    diffusion_model, adapter = model_and_adapter(patcher)
     if conditioning is None:
         context, extra = adapter.zero_context(diffusion_model)
         conditioning = [[context, extra]]
@@ -121,3 +122,48 @@ def extract_with_progress(patcher, latent: torch.Tensor, positions: tuple[float,
     bar = comfy.utils.ProgressBar(len(plan_chunks(latent.shape[2], frames_per_chunk, reference_frame)))
     return extract_from_latent(patcher, latent, positions, tuple(images.shape[1:3]), images.shape[0], conditioning,
                                blocks, sigma, seed, frames_per_chunk, reference_frame, request, progress_step(bar))
+
+
+def extraction_inputs(blocks_help: str = "", when: str = "") -> list:
+    """How features are extracted from a video: the inputs Extract Features and Track Points share.
+    `blocks_help` is appended to the blocks tooltip, `when` put before the others ("When extracting: ")."""
+    return [
+        io.String.Input("blocks", default="auto",
+                        tooltip=blocks_tooltip("Blocks whose self-attention q/k are read", "read") + blocks_help),
+        io.Float.Input("sigma", default=0.1, min=0.001, max=1.0, step=0.001,
+                       tooltip=when + "Noise level of the forward (flow models; timestep = 1000·σ). 0.02-0.2 works "
+                                      "best: low enough to keep the content, high enough to be in-distribution."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip=when + "Seed of the noise added to the latent."),
+        io.Combo.Input("encoding", options=list(ENCODINGS), default="per_frame",
+                       tooltip=when + "per_frame: each frame encoded alone, one latent frame per video frame "
+                                      "(DiffTrack). native: the whole clip at once, with the VAE's temporal "
+                                      "compression (fewer, coarser frames; tracks are interpolated)."),
+        io.Int.Input("frames_per_chunk", default=13, min=0, max=1024,
+                     tooltip=when + "Latent frames per forward: the reference frame plus strided others; chunks "
+                                    "repeat until every frame is covered. 0 = the whole video in one forward."),
+    ]
+
+
+@dataclass
+class VideoExtraction:
+    """The settings of extraction_inputs (and the storage inputs), and the one code path that runs them."""
+
+    blocks: str = "auto"
+    sigma: float = 0.1
+    seed: int = 0
+    encoding: str = "per_frame"
+    frames_per_chunk: int = 13
+    storage_dtype: str = "model"
+    storage: str = "cpu"
+
+    def encode(self, vae, images: torch.Tensor) -> tuple[torch.Tensor, tuple[float, ...]]:
+        """The latent of the video and the source-frame position of each latent frame, with a progress bar."""
+        return encode_with_progress(vae, images, self.encoding)
+
+    def extract(self, model, latent: torch.Tensor, positions: tuple[float, ...], images: torch.Tensor,
+                conditioning: list | None, reference_frame: int = 0) -> DitFeatures:
+        """Features of the encoded video with latent frame `reference_frame` in every chunk."""
+        request = capture_request("all", 0.0, 1000.0, "cond", self.storage_dtype, self.storage)
+        return extract_with_progress(model, latent, positions, images, conditioning, model_blocks(self.blocks, "read", model),
+                                     self.sigma, self.seed, self.frames_per_chunk, reference_frame, request)

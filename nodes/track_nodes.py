@@ -8,14 +8,11 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..ditcorr import parse_indices
 from ..ditcorr.draw import draw_tracks, point_masks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
 from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
-from .adapters import adapter_for
-from .capture_nodes import BLOCKS_TOOLTIP, CATEGORY, DitFeaturesType
-from .extract import ENCODINGS, encode_with_progress, extract_with_progress, progress_step
-from .options import capture_request, choose_blocks
+from .extract import VideoExtraction, extraction_inputs, progress_step
+from .vocabulary import AUTO_BLOCKS, CATEGORY, DitFeaturesType, model_blocks, resolve_blocks, storage_inputs
 
 POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
                   '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
@@ -57,16 +54,9 @@ class TrackPoints(io.ComfyNode):
                                tooltip="A point is occluded when its cost peak is lower than this many times a flat map."),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=1000.0, step=0.01,
                                tooltip="Softmax temperature of q·k/τ; 0 = √(head dim)."),
-                io.String.Input("blocks", default="auto",
-                                tooltip=BLOCKS_TOOLTIP + " With features: which captured blocks to fuse ('auto' = all)."),
-                io.Float.Input("sigma", default=0.1, min=0.001, max=1.0, step=0.001,
-                               tooltip="When extracting: noise level of the forward (0.02-0.2 works best)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="When extracting: seed of that noise."),
-                io.Combo.Input("encoding", options=list(ENCODINGS), default="per_frame",
-                               tooltip="When extracting: per_frame (a latent per frame, DiffTrack) or native (VAE time compression; tracks interpolated)."),
-                io.Int.Input("frames_per_chunk", default=13, min=0, max=1024,
-                             tooltip="When extracting: latent frames per forward (the query frame + strided others); 0 = all at once."),
+                *extraction_inputs(f" With features: which captured blocks to fuse ('auto' = {AUTO_BLOCKS['fuse']}).",
+                                   when="When extracting: "),
+                *storage_inputs("gpu", "Track Points releases its features right after tracking, so GPU is its default."),
                 DitFeaturesType.Input("features", optional=True, tooltip="Features to track with (from Extract Features)."),
                 io.Model.Input("model", optional=True, tooltip="Without features: the video DiT to extract features with."),
                 io.Vae.Input("vae", optional=True, tooltip="Without features: the model's VAE."),
@@ -83,8 +73,8 @@ class TrackPoints(io.ComfyNode):
 
     @classmethod
     def execute(cls, points, grid_size, query_frame, readout, window, cycle_tolerance, min_confidence, temperature, blocks,
-                sigma, seed, encoding, frames_per_chunk, features=None, model=None, vae=None, images=None,
-                conditioning=None, mask=None) -> io.NodeOutput:
+                sigma, seed, encoding, frames_per_chunk, storage_dtype, storage, features=None, model=None, vae=None,
+                images=None, conditioning=None, mask=None) -> io.NodeOutput:
         if features is None and (model is None or vae is None or images is None):
             raise ValueError("Connect either features (from Extract Features) or model, vae and images.")
         frame_size = tuple(images.shape[1:3]) if images is not None else features.frame_size
@@ -101,19 +91,17 @@ class TrackPoints(io.ComfyNode):
         groups = [(frame, (queries[:, 2] == frame).nonzero()[:, 0]) for frame in queries[:, 2].unique().tolist()]
 
         if features is not None:
-            fused = None if blocks.strip().lower() in ("auto", "all") else parse_indices(blocks, "block")
+            fused = resolve_blocks(blocks, "fuse", features.blocks())
             bar = comfy.utils.ProgressBar(len({p for frames in features.chunk_frames for p in frames}) * len(groups))
             tracks = track_points(features.select_many(fused), queries, frame_size, frame_count, settings, progress_step(bar))
         else:
-            diffusion_model = model.get_model_object("diffusion_model")
-            chosen = choose_blocks(blocks, adapter_for(diffusion_model), diffusion_model)
-            latent, positions = encode_with_progress(vae, images, encoding)
-            request = capture_request("all", 0.0, 1000.0, "cond", "model", "gpu")
+            model_blocks(blocks, "read", model)  # an unsupported model or unreadable blocks: refused before encoding
+            extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
+            latent, positions = extraction.encode(vae, images)
             parts = []
-            for frame, rows in groups:
+            for frame, rows in groups:  # one extraction per query frame, with that frame in every chunk
                 reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
-                extracted = extract_with_progress(model, latent, positions, images, conditioning, chosen, sigma, seed,
-                                                  frames_per_chunk, reference, request)
+                extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
                 bar = comfy.utils.ProgressBar(len(positions))
                 parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
                                                  settings, progress_step(bar))))

@@ -17,7 +17,7 @@ def test_track_points_draw_and_save(comfy_server):
             "points": '[{"x": 16, "y": 32}, {"x": 48, "y": 12}, {"x": 40, "y": 50, "t": 4}]', "grid_size": 0,
             "query_frame": 0, "readout": "refined", "window": 2, "cycle_tolerance": 1.0, "min_confidence": 3.0,
             "temperature": 0.0, "blocks": "auto", "sigma": 0.1, "seed": 0, "encoding": "per_frame",
-            "frames_per_chunk": 5, "model": ["1", 0], "vae": ["2", 0], "images": ["4", 0]}},
+            "frames_per_chunk": 5, "storage_dtype": "model", "storage": "cpu", "model": ["1", 0], "vae": ["2", 0], "images": ["4", 0]}},
         "6": {"class_type": "DiffTrackDrawTracks", "inputs": {
             "images": ["4", 0], "tracks": ["5", 0], "trail": 8, "radius": 0.0, "line_width": 0.0, "show_ids": True,
             "opacity": 1.0}},

@@ -1,0 +1,87 @@
+"""What every node of the pack shares: category, custom types, common inputs and tooltips, the model's adapter,
+block choice, and reading widget values into core arguments with messages that say what to change."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..ditcorr import parse_indices
+from .adapters import Adapter, adapter_for
+from .capture import CaptureRequest
+
+CATEGORY = "DiffTrack"
+DitFeaturesType = io.Custom("DIT_FEATURES")  # difftrack_pack.ditcorr.DitFeatures
+DitCaptureType = io.Custom("DIT_CAPTURE")  # capture_nodes.CaptureHandle
+
+STORAGE_DTYPES = {"model": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+STORAGE_PLACES = ("cpu", "gpu")
+BRANCH_CHOICES = {"cond": ("cond",), "uncond": ("uncond",), "both": ("cond", "uncond")}
+
+# What `auto` means for each purpose a node chooses blocks for ('all' is every available block for any purpose).
+AUTO_BLOCKS = {
+    "read": "the middle block, n/2 (correspondence is strongest in the middle of the stack; DiffTrack: block 17 of "
+            "30 for CogVideoX, double block 16 for HunyuanVideo)",
+    "guide": "three blocks from the middle: n/2, n/2+2, n/2+4 (Wan 1.3B: 15, 17, 19; Wan 14B: 20, 22, 24; "
+             "HunyuanVideo: 10, 12, 14; DiffTrack used 13, 17, 21 of CogVideoX-2B's 30)",
+    "fuse": "every captured block, fused",
+}
+BLOCK_SYNTAX = "'15', '13, 17, 21' or '10-12' (0-based), 'all', or 'auto'"
+
+
+def blocks_tooltip(what: str, purpose: str) -> str:
+    """The tooltip of a `blocks` input: what the blocks are for, the syntax, and what `auto` means here."""
+    return f"{what}: {BLOCK_SYNTAX}. 'auto' = {AUTO_BLOCKS[purpose]}."
+
+
+def resolve_blocks(text: str, purpose: str, available: list[int]) -> list[int]:
+    """The blocks a `blocks` widget asks for. `available`: the model's blocks (range(n)) or the captured ones.
+
+    'auto' follows AUTO_BLOCKS[purpose]; 'all' is every available block; else a list as parse_indices reads it
+    (range checks, with the model's block count, happen where the blocks are hooked or selected)."""
+    choice = text.strip().lower()
+    available = sorted(available)
+    if choice == "all":
+        return available
+    if choice != "auto":
+        return parse_indices(text, "block")
+    if purpose == "fuse":
+        return available
+    middle = len(available) // 2
+    offsets = (0, 2, 4) if purpose == "guide" else (0,)
+    return [available[middle + o] for o in offsets if middle + o < len(available)]
+
+
+def model_and_adapter(model) -> tuple[torch.nn.Module, Adapter]:
+    """The diffusion model inside a ComfyUI MODEL and its family's adapter (ValueError naming the supported ones)."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    return diffusion_model, adapter_for(diffusion_model)
+
+
+def model_blocks(text: str, purpose: str, model) -> list[int]:
+    """resolve_blocks over the blocks of a MODEL."""
+    diffusion_model, adapter = model_and_adapter(model)
+    return resolve_blocks(text, purpose, list(range(adapter.block_count(diffusion_model))))
+
+
+def storage_inputs(place: str = "cpu", why: str = "") -> list:
+    """Where and in which precision captured q/k are kept."""
+    return [
+        io.Combo.Input("storage_dtype", options=list(STORAGE_DTYPES), default="model",
+                       tooltip="Storage precision of captured q/k; 'model' keeps the model's own dtype (exact)."),
+        io.Combo.Input("storage", options=list(STORAGE_PLACES), default=place,
+                       tooltip="Keep captured q/k on the GPU (fastest) or in CPU memory (saves VRAM for long captures)."
+                               + (" " + why if why else "")),
+    ]
+
+
+def capture_request(steps: str, sigma_low: float, sigma_high: float, branches: str, dtype: str,
+                    storage: str) -> CaptureRequest:
+    if sigma_low > sigma_high:
+        raise ValueError(f"sigma_low ({sigma_low}) is above sigma_high ({sigma_high}): swap them.")
+    return CaptureRequest(
+        steps=None if steps.strip().lower() == "all" else parse_indices(steps, "step"),
+        sigma_range=(sigma_low, sigma_high),
+        branches=BRANCH_CHOICES[branches],
+        dtype=STORAGE_DTYPES[dtype],
+        offload=storage == "cpu",
+    )
