@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ def parse_points(text: str, default_frame: int = 0) -> torch.Tensor:
     except json.JSONDecodeError as error:
         raise ValueError(f"Cannot read the points: not JSON ({error.msg} at line {error.lineno}, column {error.colno}). "
                          'Write [{"x": 10, "y": 20}] or [[10, 20]].') from None
+    except RecursionError:
+        raise ValueError('Cannot read the points: the JSON is nested too deeply. Write [{"x": 10, "y": 20}].') from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -36,9 +39,12 @@ def parse_points(text: str, default_frame: int = 0) -> torch.Tensor:
         else:
             raise ValueError(f"Point {index} ({json.dumps(item)}) is neither {{\"x\": .., \"y\": ..}} nor [x, y].")
         try:
-            rows.append([float(v) for v in row])
-        except (TypeError, ValueError):
-            raise ValueError(f"Point {index} ({json.dumps(item)}) has a coordinate that is not a number.") from None
+            values = [float(v) for v in row]
+        except (TypeError, ValueError, OverflowError):
+            values = [float("nan")]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"Point {index} ({json.dumps(item)[:80]}) has a coordinate that is not a finite number.")
+        rows.append(values)
     if not rows:
         raise ValueError("No points given: add at least one point.")
     return torch.tensor(rows, dtype=torch.float32)
@@ -68,13 +74,30 @@ def to_comfy_tracks(tracks: Tracks) -> dict:
     return {"track_path": tracks.path.detach().float().cpu(), "track_visibility": tracks.visible.bool().cpu()}
 
 
+def check_tracks(path: torch.Tensor, visible: torch.Tensor | None = None) -> None:
+    """ValueError naming what is wrong unless path is a finite [T, N, 2] tensor and visible (if given) a [T, N] one."""
+    if not isinstance(path, torch.Tensor) or path.ndim != 3 or path.shape[2] != 2:
+        raise ValueError(f"Track paths must be a [frames, points, 2] tensor, not {_describe(path)}.")
+    if not torch.isfinite(path.float()).all():
+        raise ValueError("Track paths hold non-finite coordinates (NaN or infinity): export only finite tracks.")
+    if visible is not None and (not isinstance(visible, torch.Tensor) or tuple(visible.shape) != tuple(path.shape[:2])):
+        raise ValueError(f"Track visibility must be a [frames, points] = {list(path.shape[:2])} tensor, "
+                         f"not {_describe(visible)}.")
+
+
+def _describe(value) -> str:
+    return f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def tracks_to_json(path: torch.Tensor) -> str:
     """A list of tracks, each a list of {"x", "y"} per frame: the coordinate strings KJNodes, ATI and core WanMove read."""
+    check_tracks(path)
     return json.dumps([[{"x": round(x, 2), "y": round(y, 2)} for x, y in path[:, n].tolist()] for n in range(path.shape[1])])
 
 
 def tracks_to_npz(path: torch.Tensor, visible: torch.Tensor) -> bytes:
     """TAP-Vid / CoTracker layout: tracks [N, T, 2] (x, y), occluded [N, T]."""
+    check_tracks(path, visible)
     buffer = io.BytesIO()
     np.savez(buffer, tracks=path.detach().permute(1, 0, 2).float().cpu().numpy(), occluded=~visible.T.bool().cpu().numpy())
     return buffer.getvalue()
@@ -82,6 +105,7 @@ def tracks_to_npz(path: torch.Tensor, visible: torch.Tensor) -> bytes:
 
 def tracks_to_csv(path: torch.Tensor, visible: torch.Tensor) -> str:
     """One row per (point, frame): point, frame, x, y, visible."""
+    check_tracks(path, visible)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["point", "frame", "x", "y", "visible"])

@@ -23,7 +23,7 @@ def test_parse_point_forms(text, expected):
     ("[]", "No points given"),
     ('"12"', "must be a JSON list"),
     ('[{"x": 1}]', r'Point 0 \(\{"x": 1\}\) is neither'),
-    ('[["a", 2]]', "not a number"),
+    ('[["a", 2]]', "not a finite number"),
 ])
 def test_malformed_points(text, message):
     with pytest.raises(ValueError, match=message):
