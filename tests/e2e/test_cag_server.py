@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import av
+import numpy as np
 import pytest
+
 from difftrack_devkit.testbed import TINY_VAE, TINY_WAN
 
 COMMON = {
@@ -34,11 +36,27 @@ PATCH = {
 }
 
 
-@pytest.mark.parametrize("graph", [GUIDER, PATCH], ids=["guider", "ksampler_patch"])
-def test_cag_generates_a_video(comfy_server, graph):
+PLAIN = {"7": {**PATCH["7"], "inputs": {**PATCH["7"]["inputs"], "model": ["1", 0]}}}
+
+
+def with_scale(graph: dict, scale: float) -> dict:
+    return {key: {**node, "inputs": {**node["inputs"], "cag_scale": scale}} if "cag_scale" in node["inputs"] else node
+            for key, node in graph.items()}
+
+
+def video(comfy_server, graph) -> np.ndarray:
     outputs = comfy_server.run({**COMMON, **graph})["outputs"]
-    (video,) = outputs["10"]["images"]
-    path = comfy_server.output_path(video)
-    with av.open(str(path)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+    (entry,) = outputs["10"]["images"]
+    with av.open(str(comfy_server.output_path(entry))) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("graph", [GUIDER, PATCH], ids=["guider", "ksampler_patch"])
+def test_cag_generates_a_video_that_is_plain_sampling_at_scale_zero(comfy_server, graph):
+    """Known answers through the server: at cag_scale 0 both graphs give the plain KSampler's video exactly (same
+    seed, same cfg, no extra pass); at scale 1 the video changes."""
+    plain = video(comfy_server, PLAIN)
+    assert plain.shape == (9, 64, 64, 3)
+    assert np.array_equal(video(comfy_server, with_scale(graph, 0.0)), plain)
+    guided = video(comfy_server, graph)
+    assert guided.shape == plain.shape and not np.array_equal(guided, plain)
