@@ -7,6 +7,8 @@ video and averaged over videos.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 THRESHOLDS = (1, 2, 4, 8, 16)
@@ -34,28 +36,38 @@ def tapvid_metrics(pred_tracks: torch.Tensor, pred_visible: torch.Tensor, gt_tra
 
     pred_tracks, gt_tracks: [N, T, 2] (x, y); pred_visible, gt_visible: [N, T]
     bool; query_frames: [N]. Returns delta_1..delta_16, delta_avg,
-    jaccard_1..jaccard_16, aj, oa (fractions in [0, 1]).
+    jaccard_1..jaccard_16, aj, oa (fractions in [0, 1]). A ratio with nothing to count (no visible scored point
+    for δ, nothing scored for OA, and so on) is NaN, as tapnet's metrics are, so averages can leave it out.
     """
     scored = evaluation_mask(query_frames, gt_tracks.shape[1], query_mode)
     visible, predicted = gt_visible.bool(), pred_visible.bool()
     distance2 = ((pred_tracks.double() - gt_tracks.double()) ** 2).sum(-1)
-    out = {"oa": ((predicted == visible) & scored).sum().item() / max(scored.sum().item(), 1)}
+    out = {"oa": _ratio(((predicted == visible) & scored).sum().item(), scored.sum().item())}
     gt_positives = (visible & scored).sum().item()
     for threshold in THRESHOLDS:
         within = distance2 < threshold ** 2
         correct = within & visible
-        out[f"delta_{threshold}"] = (correct & scored).sum().item() / max(gt_positives, 1)
+        out[f"delta_{threshold}"] = _ratio((correct & scored).sum().item(), gt_positives)
         true_positives = (correct & predicted & scored).sum().item()
         false_positives = (((~visible) & predicted) | ((~within) & predicted)) & scored
-        out[f"jaccard_{threshold}"] = true_positives / max(gt_positives + false_positives.sum().item(), 1)
+        out[f"jaccard_{threshold}"] = _ratio(true_positives, gt_positives + false_positives.sum().item())
     out["delta_avg"] = sum(out[f"delta_{t}"] for t in THRESHOLDS) / len(THRESHOLDS)
     out["aj"] = sum(out[f"jaccard_{t}"] for t in THRESHOLDS) / len(THRESHOLDS)
     return out
 
 
+def _ratio(count: float, total: float) -> float:
+    return count / total if total else math.nan
+
+
 def average(per_video: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over videos (TAP-Vid averages per video)."""
-    return {key: sum(m[key] for m in per_video) / len(per_video) for key in per_video[0]}
+    """Mean of each metric over videos (TAP-Vid averages per video), leaving out the videos where it is NaN (nothing
+    to count there: averaging a 0 in would punish a video for having no visible point); NaN when no video has it."""
+    means = {}
+    for key in per_video[0]:
+        counted = [m[key] for m in per_video if not math.isnan(m[key])]
+        means[key] = sum(counted) / len(counted) if counted else math.nan
+    return means
 
 
 def pck(pred_tracks: torch.Tensor, gt_tracks: torch.Tensor, gt_visible: torch.Tensor, frame_size: tuple[int, int],

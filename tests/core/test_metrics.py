@@ -1,8 +1,10 @@
 """TAP-Vid metrics and PCK against values worked out by hand."""
+import math
+
 import pytest
 import torch
 
-from difftrack_pack.ditcorr.metrics import evaluation_mask, pck, tapvid_metrics, to_raster
+from difftrack_pack.ditcorr.metrics import average, evaluation_mask, pck, tapvid_metrics, to_raster
 
 
 def test_evaluation_masks():
@@ -47,12 +49,19 @@ def test_all_occluded_and_perfect_edge_cases():
     hidden = torch.zeros(3, 5, dtype=torch.bool)
     hidden[:, 0] = True  # visible only on the query frame, which is never scored
     m = tapvid_metrics(gt, hidden, gt, hidden, torch.zeros(3))
-    assert m["oa"] == 1.0 and m["delta_avg"] == 0.0 and m["aj"] == 0.0  # nothing visible to score
+    assert m["oa"] == 1.0 and math.isnan(m["delta_avg"]) and math.isnan(m["aj"])  # nothing visible to score: NaN
     shown = torch.ones(3, 5, dtype=torch.bool)
     perfect = tapvid_metrics(gt, shown, gt, shown, torch.tensor([0, 2, 4]), "strided")
     assert perfect["delta_avg"] == perfect["aj"] == perfect["oa"] == 1.0
     all_hidden_claim = tapvid_metrics(gt, ~shown, gt, shown, torch.zeros(3))
     assert all_hidden_claim["aj"] == 0.0 and all_hidden_claim["delta_avg"] == 1.0 and all_hidden_claim["oa"] == 0.0
+
+
+def test_average_leaves_out_videos_with_nothing_to_score():
+    scored = {"delta_avg": 0.5, "aj": 0.25, "oa": 1.0}
+    empty = {"delta_avg": math.nan, "aj": math.nan, "oa": 0.5}
+    assert average([scored, empty]) == {"delta_avg": 0.5, "aj": 0.25, "oa": 0.75}  # not 0.25 / 0.125
+    assert math.isnan(average([empty])["delta_avg"])
 
 
 def test_raster_and_pck():
