@@ -67,7 +67,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
 
         recording = model.clone()
         for block in blocks:
-            recording.set_model_patch_replace(recorder(block), "dit", "double_block", block)
+            recording.set_model_patch_replace(recorder(block), "dit", adapter.block_key, block)
         features = extract_from_latent(recording, latent, positions, frame_size, frames, None, blocks, sigma, seed=index,
                                        frames_per_chunk=0)
         all_visible = torch.ones(frames, points, dtype=torch.bool)

@@ -40,15 +40,18 @@ def queries_of(points: torch.Tensor, occluded: torch.Tensor, size: tuple[int, in
 
 
 def evaluate(davis: str, unet: str, vae: str, size=(480, 832), query_mode="first", readout="refined", blocks="auto",
-             sigma=0.1, encoding="per_frame", frames_per_chunk=13, max_videos=0, log=print) -> dict:
+             sigma=0.1, encoding="per_frame", frames_per_chunk=13, max_videos=0, log=print, tracker=None) -> dict:
+    """TAP-Vid metrics of the Track Points node (or of `tracker(name, images, queries) -> (path [T, N, 2] pixels,
+    visible [T, N])`, for checking this evaluation itself) over the videos of a TAP-Vid DAVIS pickle."""
     import comfy.sd
     import comfy.utils
 
     from difftrack_pack.ditcorr.metrics import average, tapvid_metrics, to_raster
     from difftrack_pack.nodes.track_nodes import TrackPoints
 
-    model = comfy.sd.load_diffusion_model(unet)
-    autoencoder = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae))
+    if tracker is None:
+        model = comfy.sd.load_diffusion_model(unet)
+        autoencoder = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae))
     with open(davis, "rb") as file:
         videos = pickle.load(file)
     names = sorted(videos)[: max_videos or None]
@@ -61,13 +64,17 @@ def evaluate(davis: str, unet: str, vae: str, size=(480, 832), query_mode="first
                                align_corners=False).permute(0, 2, 3, 1).clamp(0, 1)
         points, occluded = torch.as_tensor(data["points"]).float(), torch.as_tensor(data["occluded"]).bool()
         queries, owners = queries_of(points, occluded, size, query_mode)
-        text = json.dumps([{"x": x, "y": y, "t": int(t)} for x, y, t in queries.tolist()])
-        tracks, _, _ = run_node(TrackPoints, points=text, readout=readout, blocks=blocks, sigma=sigma, encoding=encoding,
-                                frames_per_chunk=frames_per_chunk, model=model, vae=autoencoder, images=images).args
+        if tracker is None:
+            text = json.dumps([{"x": x, "y": y, "t": int(t)} for x, y, t in queries.tolist()])
+            tracks, _, _ = run_node(TrackPoints, points=text, readout=readout, blocks=blocks, sigma=sigma,
+                                    encoding=encoding, frames_per_chunk=frames_per_chunk, model=model, vae=autoencoder,
+                                    images=images).args
+            path, visible = tracks["track_path"], tracks["track_visibility"]
+        else:
+            path, visible = tracker(name, images, queries)
         gt = to_raster(points[owners] * torch.tensor([size[1], size[0]]), size)  # [Q, T, 2]
-        pred = to_raster(tracks["track_path"].transpose(0, 1), size)
-        per_video[name] = tapvid_metrics(pred, tracks["track_visibility"].T, gt, ~occluded[owners], queries[:, 2],
-                                         query_mode)
+        pred = to_raster(path.transpose(0, 1), size)
+        per_video[name] = tapvid_metrics(pred, visible.T, gt, ~occluded[owners], queries[:, 2], query_mode)
         log(f"{name}: {len(queries)} queries, AJ {100 * per_video[name]['aj']:.1f}, "
             f"δavg {100 * per_video[name]['delta_avg']:.1f}, OA {100 * per_video[name]['oa']:.1f} (%), "
             f"{time.perf_counter() - start:.1f} s")

@@ -89,6 +89,17 @@ class Scene:
             visible.append(inside & on_top)
         return torch.stack(path), torch.stack(visible)
 
+    def margin(self, x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+        """Pixels from (x, y) at time t to the nearest frame or sprite edge: where descriptors are unambiguous."""
+        height, width = self.frame_size
+        distance = torch.minimum(torch.minimum(x, width - 1 - x), torch.minimum(y, height - 1 - y))
+        for layer in self.layers[1:]:
+            left, top = layer.at(t)
+            distance = torch.minimum(distance, torch.minimum(
+                torch.minimum((x - left).abs(), (x - left - layer.size[0]).abs()),
+                torch.minimum((y - top).abs(), (y - top - layer.size[1]).abs())))
+        return distance
+
     def queries(self, count: int, frame: int, seed: int = 1) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
         xy = torch.rand(count, 2, generator=generator) * torch.tensor([self.frame_size[1] - 1.0, self.frame_size[0] - 1.0])

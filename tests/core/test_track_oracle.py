@@ -20,18 +20,6 @@ CLEAR = 2 * TOKEN
 SCENE = Scene()
 
 
-def margin(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
-    """Pixels from (x, y) at time t to the nearest frame or sprite edge."""
-    height, width = SCENE.frame_size
-    distance = torch.minimum(torch.minimum(x, width - 1 - x), torch.minimum(y, height - 1 - y))
-    for layer in SCENE.layers[1:]:
-        left, top = layer.at(t)
-        distance = torch.minimum(distance, torch.minimum(
-            torch.minimum((x - left).abs(), (x - left - layer.size[0]).abs()),
-            torch.minimum((y - top).abs(), (y - top - layer.size[1]).abs())))
-    return distance
-
-
 def features(mode: str, query_frame: int):
     frames = SCENE.frames
     if mode == "native":  # 9 frames of a 4x causal VAE: latent frames at source positions 0, 2.5, 6.5
@@ -49,11 +37,11 @@ def run(mode: str, query_frame: int, readout: str):
     tracks = track_points([selection], queries, SCENE.frame_size, SCENE.frames, TrackSettings(readout=readout))
     positions = sorted({p for frames, _ in selection for p in frames})
     anchor = min(positions, key=lambda p: abs(p - query_frame))
-    clear = margin(queries[:, 0], queries[:, 1], float(query_frame)) > CLEAR
+    clear = SCENE.margin(queries[:, 0], queries[:, 1], float(query_frame)) > CLEAR
     low, high = int(anchor), min(int(anchor) + 1, SCENE.frames - 1)  # positions at the anchor time: motion is linear
     at_anchor = truth[low] + (truth[high] - truth[low]) * (anchor - low)
-    clear &= margin(at_anchor[:, 0], at_anchor[:, 1], anchor) > CLEAR
-    clean = torch.stack([visible[t] & clear & (margin(truth[t, :, 0], truth[t, :, 1], float(t)) > CLEAR)
+    clear &= SCENE.margin(at_anchor[:, 0], at_anchor[:, 1], anchor) > CLEAR
+    clean = torch.stack([visible[t] & clear & (SCENE.margin(truth[t, :, 0], truth[t, :, 1], float(t)) > CLEAR)
                          for t in range(SCENE.frames)])
     return tracks, truth, visible, clean
 

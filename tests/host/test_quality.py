@@ -3,6 +3,7 @@ import safetensors.torch
 
 from difftrack_bench.quality import evaluate
 from difftrack_devkit.models import random_model, random_wan_vae_state_dict
+from difftrack_pack.ditcorr.synthetic import make_clip
 
 
 def test_quality_benchmark_runs(tmp_path):
@@ -16,3 +17,14 @@ def test_quality_benchmark_runs(tmp_path):
     for value in (result["delta_avg"], result["aj"], result["oa"], result["argmax_delta_avg"], *result["baselines"].values()):
         assert 0.0 <= value <= 100.0  # percent
     assert sorted(result["baselines"]) == ["hidden_nn", "latent_nn", "zero_motion"]
+    # A known answer: the no-motion baseline, worked out straight from the clips' exact tracks (δ^x = share of the
+    # visible points after frame 0 whose true displacement is under x px on the 256x256 raster).
+    expected = []
+    for index in range(2):
+        clip = make_clip(5 * 100_003 + index, (64, 64), 5, points=16)
+        moved = (clip.tracks - clip.tracks[:, :1]).norm(dim=-1) * 256 / 64  # [N, T]
+        scored = clip.visible.clone()
+        scored[:, 0] = False
+        expected.append(sum(((moved < x) & scored).sum().item() / scored.sum().item() for x in (1, 2, 4, 8, 16)) / 5)
+    assert abs(result["baselines"]["zero_motion"] - 100 * sum(expected) / 2) < 0.01
+

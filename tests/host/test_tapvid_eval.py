@@ -44,3 +44,26 @@ def test_evaluate_runs_the_pipeline(tiny_davis):
     assert result["videos"] == 2 and sorted(result["per_video"]) == ["bear", "cows"]
     for key in ("aj", "delta_avg", "oa", "jaccard_8", "delta_16"):
         assert 0.0 <= result["mean"][key] <= 100.0  # percent
+
+
+def test_the_evaluation_scores_known_trackers_exactly(tiny_davis):
+    """Known answers for the evaluation itself (resizing, query selection, rasterising, averaging): the exact tracks
+    score 100 everywhere; the exact tracks moved 3 px right on the 256x256 raster miss the 1 and 2 px thresholds
+    and meet the 4, 8 and 16 px ones: delta_avg = AJ = 60, OA 100."""
+    videos = pickle.loads((tiny_davis / "davis.pkl").read_bytes())
+    size = (32, 48)
+
+    def shifted(raster_px):
+        def tracker(name, images, queries):
+            points, occluded = torch.as_tensor(videos[name]["points"]), torch.as_tensor(videos[name]["occluded"])
+            _, owners = queries_of(points, occluded, size, "first")
+            path = points[owners].transpose(0, 1) * torch.tensor([size[1], size[0]])
+            return path + torch.tensor([raster_px * size[1] / 256, 0.0]), ~occluded[owners].T
+        return tracker
+
+    exact = evaluate(str(tiny_davis / "davis.pkl"), None, None, size=size, log=lambda line: None, tracker=shifted(0))
+    assert exact["videos"] == 2 and exact["mean"]["delta_avg"] == exact["mean"]["aj"] == exact["mean"]["oa"] == 100.0
+    off = evaluate(str(tiny_davis / "davis.pkl"), None, None, size=size, log=lambda line: None, tracker=shifted(3))
+    assert [off["mean"][f"delta_{t}"] for t in (1, 2, 4, 8, 16)] == [0.0, 0.0, 100.0, 100.0, 100.0]
+    assert off["mean"]["delta_avg"] == off["mean"]["aj"] == 60.0 and off["mean"]["oa"] == 100.0
+
