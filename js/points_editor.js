@@ -8,15 +8,20 @@ const NODE = "DiffTrackTrackPoints";
 const DEFAULT_SIZE = [832, 480]; // frame size assumed until a frame has been seen (the shipped workflows' size)
 const HIT_RADIUS = 10; // canvas pixels
 
+// The points in the widget's text, or null when the text is not a list of points the node would read: then the
+// editor leaves the text alone (a click must never overwrite what the user is typing) and says so.
 function readPoints(text) {
+  if (!text || !text.trim()) return [];
+  let data;
   try {
-    const data = JSON.parse(text);
-    return (Array.isArray(data) ? data : [data])
-      .map((p) => (Array.isArray(p) ? { x: p[0], y: p[1], t: p[2] } : p))
-      .filter((p) => Number.isFinite(p?.x) && Number.isFinite(p?.y));
+    data = JSON.parse(text);
   } catch {
-    return [];
+    return null;
   }
+  const points = (Array.isArray(data) ? data : [data]).map((p) =>
+    Array.isArray(p) ? { x: p[0], y: p[1], ...(p.length > 2 ? { t: p[2] } : {}) } : p,
+  );
+  return points.every((p) => Number.isFinite(p?.x) && Number.isFinite(p?.y)) ? points : null;
 }
 
 function colour(index, count) {
@@ -53,7 +58,11 @@ class PointsEditor {
     this.element.appendChild(this.canvas);
     this.canvas.addEventListener("pointerdown", (e) => this.down(e));
     this.canvas.addEventListener("pointermove", (e) => this.move(e));
-    this.canvas.addEventListener("pointerup", () => (this.dragging = -1));
+    // A drag ends wherever the pointer is released: the canvas holds the pointer capture during a drag, so the
+    // release (or a cancel) reaches it even outside its box.
+    for (const end of ["pointerup", "pointercancel", "lostpointercapture"]) {
+      this.canvas.addEventListener(end, () => (this.dragging = -1));
+    }
     this.canvas.addEventListener("contextmenu", (e) => this.remove(e));
     const changed = this.points.callback;
     this.points.callback = (...args) => {
@@ -70,9 +79,10 @@ class PointsEditor {
   toFrame(event) {
     const box = this.canvas.getBoundingClientRect();
     const [width, height] = this.size();
+    const clamp = (value, limit) => Math.min(Math.max(Math.round(value), 0), limit - 1); // a drag may leave the box
     return {
-      x: Math.round(((event.clientX - box.left) / box.width) * width),
-      y: Math.round(((event.clientY - box.top) / box.height) * height),
+      x: clamp(((event.clientX - box.left) / box.width) * width, width),
+      y: clamp(((event.clientY - box.top) / box.height) * height, height),
     };
   }
 
@@ -83,7 +93,7 @@ class PointsEditor {
     const at = this.toFrame(event);
     let best = -1;
     let bestDistance = HIT_RADIUS / scale;
-    readPoints(this.points.value).forEach((p, i) => {
+    (readPoints(this.points.value) ?? []).forEach((p, i) => {
       const distance = Math.hypot(p.x - at.x, p.y - at.y);
       if (distance <= bestDistance) [best, bestDistance] = [i, distance];
     });
@@ -101,18 +111,21 @@ class PointsEditor {
     if (event.button !== 0) return;
     event.preventDefault();
     event.stopPropagation();
+    const points = readPoints(this.points.value);
+    if (points === null) return this.draw(); // malformed text: say so, change nothing
     const hit = this.nearest(event);
     if (hit >= 0) {
       this.dragging = hit;
+      this.canvas.setPointerCapture?.(event.pointerId);
       return;
     }
-    const point = { ...this.toFrame(event), t: this.queryFrame?.value ?? 0 };
-    this.store([...readPoints(this.points.value), point]);
+    this.store([...points, { ...this.toFrame(event), t: this.queryFrame?.value ?? 0 }]);
   }
 
   move(event) {
     if (this.dragging < 0) return;
     const points = readPoints(this.points.value);
+    if (points === null || !points[this.dragging]) return (this.dragging = -1);
     Object.assign(points[this.dragging], this.toFrame(event));
     this.store(points);
   }
@@ -120,8 +133,9 @@ class PointsEditor {
   remove(event) {
     event.preventDefault();
     event.stopPropagation();
-    const hit = this.nearest(event);
-    if (hit >= 0) this.store(readPoints(this.points.value).filter((_, i) => i !== hit));
+    const points = readPoints(this.points.value);
+    const hit = points === null ? -1 : this.nearest(event);
+    if (hit >= 0) this.store(points.filter((_, i) => i !== hit));
   }
 
   showFrame(url) {
@@ -145,6 +159,16 @@ class PointsEditor {
       context.fillText("Run once to see the query frame; click to add points", width * 0.05, height * 0.1);
     }
     const points = readPoints(this.points.value);
+    if (points === null) {
+      context.fillStyle = "rgba(0, 0, 0, 0.6)";
+      context.fillRect(0, height * 0.4, width, height * 0.2);
+      context.fillStyle = "#ff8080";
+      context.font = `bold ${Math.round(height / 20)}px sans-serif`;
+      context.fillText("The points text is malformed: fix or clear it to edit here", width * 0.05, height * 0.52);
+      this.canvas.title = 'Not a JSON list of points like [{"x": 120, "y": 80}]; clicks leave it unchanged';
+      return;
+    }
+    this.canvas.title = "";
     const radius = Math.max(4, width / 120);
     points.forEach((p, i) => {
       context.beginPath();

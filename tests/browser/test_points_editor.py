@@ -25,6 +25,18 @@ def points(page) -> list[dict]:
     return json.loads(page.evaluate(f"() => {NODE}.widgets.find(w => w.name === 'points').value"))
 
 
+def editor_on_screen(page, points_text: str):
+    """Load the tracking workflow with `points_text`, the editor at scale 1 in view; (x, y) of a frame fraction."""
+    load(page, TRACKING)
+    page.evaluate(f"(text) => {{ const node = {NODE}; node.widgets.find(w => w.name === 'points').value = text;"
+                  " node.difftrackEditor.draw(); window.app.canvas.ds.scale = 1; window.app.canvas.centerOnNode(node);"
+                  " window.app.canvas.setDirty(true, true); }", points_text)
+    page.wait_for_timeout(300)
+    box = page.locator(".difftrack-points-editor canvas").first.bounding_box()
+    assert box and box["width"] > 50, "the editor is not on screen"
+    return lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_loads_without_missing_nodes(page, renderer, path, artifacts):
     load(page, path)
@@ -37,15 +49,7 @@ def test_workflow_loads_without_missing_nodes(page, renderer, path, artifacts):
 
 
 def test_points_editor_adds_moves_and_deletes_points(page, renderer, artifacts):
-    load(page, TRACKING)
-    page.evaluate(f"() => {{ const node = {NODE}; node.widgets.find(w => w.name === 'points').value = '[]';"
-                  " node.difftrackEditor.draw(); window.app.canvas.ds.scale = 1; window.app.canvas.centerOnNode(node);"
-                  " window.app.canvas.setDirty(true, true); }")
-    page.wait_for_timeout(300)
-    canvas = page.locator(".difftrack-points-editor canvas").first
-    box = canvas.bounding_box()
-    assert box and box["width"] > 50, "the editor is not on screen"
-    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    at = editor_on_screen(page, "[]")
     clicks = [(0.25, 0.3), (0.5, 0.5), (0.75, 0.7)]
     for fx, fy in clicks:
         page.mouse.click(*at(fx, fy))
@@ -62,6 +66,29 @@ def test_points_editor_adds_moves_and_deletes_points(page, renderer, artifacts):
     assert abs(points(page)[1]["x"] - 0.6 * FRAME[0]) <= 12 and abs(points(page)[1]["y"] - 0.4 * FRAME[1]) <= 12
     page.mouse.click(*at(0.6, 0.4), button="right")  # and delete it
     assert len(points(page)) == 2
+
+
+def test_points_editor_leaves_malformed_text_alone_and_says_so(page, renderer, artifacts):
+    malformed = '[{"x": 100, "y": 80}, {"x": 3'  # half-typed
+    at = editor_on_screen(page, malformed)
+    page.mouse.click(*at(0.5, 0.5))
+    page.mouse.click(*at(0.5, 0.5), button="right")
+    assert page.evaluate(f"() => {NODE}.widgets.find(w => w.name === 'points').value") == malformed
+    assert "Not a JSON list of points" in page.evaluate(f"() => {NODE}.difftrackEditor.canvas.title")
+    page.screenshot(path=artifacts / f"{renderer}_editor_malformed_points.png")
+
+
+def test_a_drag_ends_when_released_outside_the_editor(page, renderer):
+    at = editor_on_screen(page, json.dumps([{"x": FRAME[0] // 2, "y": FRAME[1] // 2, "t": 0}]))
+    page.mouse.move(*at(0.5, 0.5))
+    page.mouse.down()
+    page.mouse.move(*at(0.5, 1.6), steps=6)  # out of the canvas, below it
+    page.mouse.up()
+    released = points(page)[0]
+    assert released["y"] == FRAME[1] - 1  # held at the frame's edge, never outside the frame
+    page.mouse.move(*at(0.2, 0.2), steps=6)  # hovering back without a button must not move the point
+    assert points(page)[0] == released
+    assert page.evaluate(f"() => {NODE}.difftrackEditor.dragging") == -1
 
 
 def test_points_editor_shows_a_picked_frame_before_any_run(page, renderer, artifacts, tmp_path):
