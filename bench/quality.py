@@ -23,7 +23,7 @@ import statistics
 import torch
 
 from difftrack_devkit.host import require_host
-from difftrack_bench.train_tiny import DIT_FILE, TINY_WAN, VAE_FILE
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 
 
 def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13, points: int = 64,
@@ -99,8 +99,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--clips", type=int, default=50)
-    parser.add_argument("--unet", default=str(TINY_WAN / DIT_FILE), help="default: the tiny DiT trained on these clips")
-    parser.add_argument("--vae", default=str(TINY_WAN / VAE_FILE), help="default: the tiny VAE trained on these clips")
+    parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT), help="default: the tiny DiT trained on these clips")
+    parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE), help="default: the tiny VAE trained on these clips")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=13)

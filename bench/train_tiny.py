@@ -35,11 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from difftrack_devkit.host import REPO, require_host
-
-TINY_WAN = REPO / "assets" / "tiny_wan"
+from difftrack_devkit.host import require_host
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
-VAE_FILE, DIT_FILE = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
 VAE_DIM = 8
 DIT_CONFIG = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=8)  # 16 MB budget for both files (bf16)
 
@@ -227,7 +225,7 @@ def load(module: torch.nn.Module, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=TINY_WAN)
+    parser.add_argument("--out", type=Path, default=TRAINED)
     parser.add_argument("--clips", type=int, default=3000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=13)
@@ -259,7 +257,7 @@ def main() -> None:
     previous = None
     if args.resume:
         vae = new_vae(args.device)
-        load(vae, args.resume / VAE_FILE)
+        load(vae, args.resume / TRAINED_VAE)
         previous = json.loads((args.resume / "training.json").read_text())
     else:
         vae = train_vae(clips, args.vae_steps, args.vae_batch, args.device, log)
@@ -278,13 +276,13 @@ def main() -> None:
 
     dit = new_dit(args.device)  # made here, after the VAE's random draws, as in the shipped run
     if args.resume:
-        load(dit, args.resume / DIT_FILE)
+        load(dit, args.resume / TRAINED_DIT)
     steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
                       args.ema_decay, log)
     lap("dit")
     args.out.mkdir(parents=True, exist_ok=True)
-    save(vae, args.out / VAE_FILE)
-    save(dit, args.out / DIT_FILE)
+    save(vae, args.out / TRAINED_VAE)
+    save(dit, args.out / TRAINED_DIT)
     record = {
         "command": "python bench/train_tiny.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                                                              if k not in ("out", "compile", "resume"))

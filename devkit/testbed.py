@@ -1,11 +1,18 @@
-"""A real ComfyUI server on 127.0.0.1 (CPU) with this pack installed and tiny models on disk, for e2e tests."""
+"""A real ComfyUI server on 127.0.0.1 with this pack installed, tiny models and a clip on disk (e2e tests, the demo,
+workflow thumbnails), and the shipped workflows turned into prompts those tiny models run.
+
+Two layouts under the same file names: random-weight tiny models and a 64x64, 9-frame clip (tests), or the tiny
+models trained on synthetic clips (assets/tiny_wan/) and the bundled 256x256, 13-frame clip (assets/demo/).
+"""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .host import find_comfyui, load_host
+from .host import REPO, find_comfyui, load_host
 from .server import ComfyServer, install_pack
 
 TINY_WAN = "difftrack_tiny_wan.safetensors"
@@ -14,20 +21,28 @@ TINY_VAE = "difftrack_tiny_wan_vae.safetensors"
 CLIP = "difftrack_clip.mp4"
 CLIP_FRAMES, CLIP_SIZE = 9, 64
 
+TRAINED = REPO / "assets" / "tiny_wan"  # bench/train_tiny.py writes here
+TRAINED_VAE, TRAINED_DIT = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
+DEMO_CLIP, DEMO_TRUTH = REPO / "assets" / "demo" / "clip.mp4", REPO / "assets" / "demo" / "clip_tracks.npz"
+DEMO_FRAMES, DEMO_SIZE = 13, 256
+# Where bench/quality.py found the trained DiT tracking best (block and sigma).
+TRAINED_QUALITY = REPO / "bench" / "results" / "quality_tiny_wan_seed1000_cpu.json"
 
-def write_models(models: Path) -> None:
-    """Tiny Wan DiT and Wan 2.1 VAE with random weights, as files the stock loaders read."""
+
+def write_models(models: Path, names: dict[str, str]) -> None:
+    """Tiny models with random weights as files the stock loaders read: names maps a config ("wan", "wan_i2v", or
+    "vae" for the Wan 2.1 VAE) to its file name."""
     load_host(find_comfyui())
     import safetensors.torch
 
     from .models import random_model, random_wan_vae_state_dict
 
-    (models / "diffusion_models").mkdir(parents=True)
-    (models / "vae").mkdir(parents=True)
-    for config, name in (("wan", TINY_WAN), ("wan_i2v", TINY_WAN_I2V)):
-        state = random_model(config).get_model_object("diffusion_model").state_dict()
-        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, models / "diffusion_models" / name)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in random_wan_vae_state_dict().items()}, models / "vae" / TINY_VAE)
+    for config, name in names.items():
+        if config == "vae":
+            state, folder = random_wan_vae_state_dict(), "vae"
+        else:
+            state, folder = random_model(config).get_model_object("diffusion_model").state_dict(), "diffusion_models"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, models / folder / name)
 
 
 def write_clip(path: Path) -> None:
@@ -47,12 +62,76 @@ def write_clip(path: Path) -> None:
         container.mux(stream.encode())
 
 
-def start_server(base: Path) -> ComfyServer:
-    """Lay out a ComfyUI base directory (the pack linked into custom_nodes, tiny models, a clip) and start a server."""
+def lay_out(base: Path, trained: bool = False, i2v: bool = True) -> None:
+    """A ComfyUI base directory: the pack linked into custom_nodes, the tiny models (random, or the trained ones;
+    the i2v model is always random) and a clip under the names above."""
     install_pack(base)
-    write_models(base / "models")
-    (base / "input").mkdir()
-    write_clip(base / "input" / CLIP)
-    server = ComfyServer(find_comfyui(), base)
+    for folder in (base / "models" / "diffusion_models", base / "models" / "vae", base / "input"):
+        folder.mkdir(parents=True, exist_ok=True)
+    if trained:
+        (base / "models" / "diffusion_models" / TINY_WAN).symlink_to(TRAINED / TRAINED_DIT)
+        (base / "models" / "vae" / TINY_VAE).symlink_to(TRAINED / TRAINED_VAE)
+        shutil.copy(DEMO_CLIP, base / "input" / CLIP)
+    else:
+        write_models(base / "models", {"wan": TINY_WAN, "vae": TINY_VAE})
+        write_clip(base / "input" / CLIP)
+    if i2v:
+        write_models(base / "models", {"wan_i2v": TINY_WAN_I2V})
+
+
+def start_server(base: Path, trained: bool = False, i2v: bool = True, cpu: bool = True) -> ComfyServer:
+    """lay_out, then a ComfyUI server on it (on the CPU unless told otherwise)."""
+    lay_out(base, trained, i2v)
+    server = ComfyServer(find_comfyui(), base, cpu=cpu)
     server.start()
     return server
+
+
+def bypass(prompt: dict, key: str, through: str) -> None:
+    """Remove a node, connecting its consumers to what fed its `through` input."""
+    source = prompt.pop(key)["inputs"][through]
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and value and value[0] == key:
+                node["inputs"][name] = source
+
+
+def tiny_prompt(prompt: dict, size: int = CLIP_SIZE, frames: int = CLIP_FRAMES, steps: int = 2,
+                trained: bool = False) -> dict:
+    """A shipped workflow's prompt (API format) for the tiny models: real model files swapped for the tiny ones, the
+    text encoder for Zero Conditioning, frames shrunk to size x size (the clip's), `frames` long, `steps` sampling
+    steps. The WanMove model becomes the tiny Wan i2v model, its distill LoRA is bypassed and the optional CLIP
+    vision input is dropped (no tiny CLIP vision model exists). With the trained models, Track Points reads the
+    block and sigma where bench/quality.py found them tracking best."""
+    prompt = json.loads(json.dumps(prompt))
+    for key in [k for k, node in prompt.items() if node["class_type"] == "LoraLoaderModelOnly"]:
+        bypass(prompt, key, "model")
+    model = next(key for key, node in prompt.items() if node["class_type"] == "UNETLoader")
+    scale_x, scale_y = size / 832, size / 480
+    small = {"width": size, "height": size}
+    tracking = {}
+    if trained:
+        quality = json.loads(TRAINED_QUALITY.read_text())
+        tracking = {"blocks": str(quality["best_block"]), "sigma": quality["sigma"]}
+    out = {}
+    for key, node in prompt.items():
+        kind, inputs = node["class_type"], dict(node["inputs"])
+        if kind in ("CLIPLoader", "CLIPVisionLoader", "CLIPVisionEncode"):
+            continue
+        if kind == "CLIPTextEncode":
+            kind, inputs = "DiffTrackZeroConditioning", {"model": [model, 0]}
+        if kind == "UNETLoader":
+            inputs["unet_name"] = TINY_WAN_I2V if "WanMove" in inputs["unet_name"] else TINY_WAN
+        inputs.pop("clip_vision_output", None)
+        inputs.update({"VAELoader": {"vae_name": TINY_VAE}, "LoadVideo": {"file": CLIP}, "ImageScale": small,
+                       "EmptyHunyuanLatentVideo": {**small, "length": frames},
+                       "WanMoveTrackToVideo": {**small, "length": frames},
+                       "KSampler": {"steps": steps}, "DiffTrackCAGSampler": {"steps": steps}}.get(kind, {}))
+        if kind == "DiffTrackTrackPoints":
+            points = json.loads(inputs["points"])
+            inputs["points"] = json.dumps([{**p, "x": p["x"] * scale_x, "y": p["y"] * scale_y} for p in points])
+            inputs.update(frames_per_chunk=5, **tracking)
+        if kind == "DiffTrackAttentionMap":
+            inputs["x"], inputs["y"] = int(inputs["x"] * scale_x), int(inputs["y"] * scale_y)
+        out[key] = {"class_type": kind, "inputs": inputs}
+    return out

@@ -1,21 +1,26 @@
-"""Writes the shipped workflows (workflows/*.json, ComfyUI's UI format) from the compact graphs below.
+"""Writes the shipped workflows (workflows/*.json, ComfyUI's UI format) from the compact graphs below, and their
+template-browser thumbnails (workflows/*.jpg) from a real run of each.
 
-    python tools/build_workflows.py
+    python tools/build_workflows.py [--thumbnails]
 
 It starts a throwaway ComfyUI server (the e2e tests' helper, ComfyUI found as
 the tests find it) and reads /object_info, so widget order, control widgets,
 slots and link types are exactly what the frontend would save. Edit a graph
 here, rerun, commit the JSON; tests/e2e/test_workflows.py checks the files
-against /object_info and runs them.
+against /object_info and runs them. With --thumbnails each workflow then runs
+on the tiny trained models and the bundled clip (CPU, about a minute and a
+half in all); four frames of the videos it saves become its thumbnail, which
+ComfyUI's template browser shows for custom-node templates (same name, .jpg).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
 
 from difftrack_devkit.host import REPO
-from difftrack_devkit.server import input_specs, is_widget
+from difftrack_devkit.server import input_specs, is_widget, ui_to_api
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 MODELS = {
     "wan2.1_t2v_1.3B_bf16.safetensors": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors",
@@ -249,7 +254,48 @@ def build(graph: dict, object_info: dict) -> dict:
             "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [60, 480]}}, "version": 0.4}
 
 
+THUMBNAIL_SIZE = 512  # the template browser shows square cards
+
+
+def thumbnail(videos: list[Path], path: Path) -> None:
+    """Four evenly spaced frames in a 2x2 grid (of one video; or two of each of two videos, a row each), as a JPEG."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    tiles = []
+    for video in videos:
+        with av.open(str(video)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        count = max(1, 4 // len(videos))
+        tiles += [frames[round(i * (len(frames) - 1) / max(count - 1, 1))] for i in range(count)]
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 2)
+    grid = np.concatenate([np.concatenate(tiles[i:i + 2], axis=1) for i in range(0, len(tiles), 2)], axis=0)
+    image = Image.fromarray(grid)
+    image.resize((THUMBNAIL_SIZE, round(image.height * THUMBNAIL_SIZE / image.width)), Image.LANCZOS).save(path, quality=88)
+
+
+def write_thumbnails(names: list[str]) -> None:
+    from difftrack_devkit.testbed import DEMO_FRAMES, DEMO_SIZE, start_server, tiny_prompt
+
+    server = start_server(Path(tempfile.mkdtemp(prefix="difftrack_thumbnails_")), trained=True)
+    try:
+        object_info = server.get("/object_info")
+        for name in names:
+            workflow = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+            prompt = tiny_prompt(ui_to_api(workflow, object_info), DEMO_SIZE, DEMO_FRAMES, steps=20, trained=True)
+            entry = server.run(prompt, timeout=900)
+            path = REPO / "workflows" / f"{name}.jpg"
+            thumbnail(server.output_files(entry, ".mp4"), path)
+            print(f"wrote {path.relative_to(REPO)}")
+    finally:
+        server.stop()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--thumbnails", action="store_true", help="also run each workflow and write its thumbnail")
+    args = parser.parse_args()
     from difftrack_devkit.testbed import start_server
 
     server = start_server(Path(tempfile.mkdtemp(prefix="difftrack_workflows_")))
@@ -261,6 +307,8 @@ def main() -> None:
         path = REPO / "workflows" / f"{name}.json"
         path.write_text(json.dumps(build(graph, object_info), indent=1) + "\n")
         print(f"wrote {path.relative_to(REPO)}")
+    if args.thumbnails:
+        write_thumbnails(list(GRAPHS))
 
 
 if __name__ == "__main__":

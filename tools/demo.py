@@ -21,15 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from difftrack_bench.train_tiny import DIT_FILE, TINY_WAN, VAE_FILE
 from difftrack_devkit.host import REPO, find_comfyui
-from difftrack_devkit.server import ComfyServer, install_pack, ui_to_api
+from difftrack_devkit.server import ui_to_api
+from difftrack_devkit.testbed import DEMO_CLIP, DEMO_FRAMES, DEMO_SIZE, DEMO_TRUTH, start_server, tiny_prompt
 
-DEMO = REPO / "assets" / "demo"
-CLIP, TRUTH = DEMO / "clip.mp4", DEMO / "clip_tracks.npz"
 WORKFLOW = REPO / "workflows" / "difftrack_track_points_wan21.json"
-SEED, SIZE, FRAMES, POINTS, FPS = 7, 256, 13, 24, 6  # the clip's seed is one neither training nor quality.py draws
-QUALITY = REPO / "bench" / "results" / "quality_tiny_wan_seed1000_cpu.json"  # where bench/quality.py found the tiny DiT tracking best
+SEED, POINTS, FPS = 7, 24, 6  # the clip's seed is one neither training nor quality.py draws
 
 
 def write_clip() -> None:
@@ -38,27 +35,24 @@ def write_clip() -> None:
 
     from difftrack_pack.ditcorr.synthetic import make_clip
 
-    clip = make_clip(SEED, (SIZE, SIZE), FRAMES, points=POINTS)
-    DEMO.mkdir(parents=True, exist_ok=True)
-    with av.open(str(CLIP), "w") as container:
+    clip = make_clip(SEED, (DEMO_SIZE, DEMO_SIZE), DEMO_FRAMES, points=POINTS)
+    DEMO_CLIP.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(DEMO_CLIP), "w") as container:
         stream = container.add_stream("libx264", rate=FPS, options={"crf": "12"})
-        stream.width = stream.height = SIZE
+        stream.width = stream.height = DEMO_SIZE
         stream.pix_fmt = "yuv444p"
         for frame in (clip.frames * 255).round().byte().numpy():
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    np.savez_compressed(TRUTH, tracks=clip.tracks.numpy(), occluded=(~clip.visible).numpy(),
+    np.savez_compressed(DEMO_TRUTH, tracks=clip.tracks.numpy(), occluded=(~clip.visible).numpy(),
                         query_frames=clip.query_frames.numpy())
 
 
 def demo_prompt(object_info: dict, points: list[dict]) -> dict:
-    """The shipped tracking workflow as a prompt, on the tiny models and the bundled clip."""
-    prompt = ui_to_api(json.loads(WORKFLOW.read_text()), object_info)
-    quality = json.loads(QUALITY.read_text())
-    changes = {"UNETLoader": {"unet_name": DIT_FILE}, "VAELoader": {"vae_name": VAE_FILE}, "LoadVideo": {"file": CLIP.name},
-               "ImageScale": {"width": SIZE, "height": SIZE}, "CreateVideo": {"fps": float(FPS)},
-               "DiffTrackTrackPoints": {"points": json.dumps(points), "blocks": str(quality["best_block"]),
-                                        "sigma": quality["sigma"]}}
+    """The shipped tracking workflow as a prompt, on the trained tiny models and the bundled clip."""
+    prompt = tiny_prompt(ui_to_api(json.loads(WORKFLOW.read_text()), object_info), DEMO_SIZE, DEMO_FRAMES, trained=True)
+    changes = {"CreateVideo": {"fps": float(FPS)}, "DiffTrackTrackPoints": {"points": json.dumps(points),
+                                                                           "frames_per_chunk": 13}}
     for node in prompt.values():
         node["inputs"].update(changes.get(node["class_type"], {}))
     return prompt
@@ -70,7 +64,7 @@ def score(npz_path: Path) -> dict:
 
     from difftrack_pack.ditcorr.metrics import tapvid_metrics
 
-    found, truth = np.load(npz_path), np.load(TRUTH)
+    found, truth = np.load(npz_path), np.load(DEMO_TRUTH)
     metrics = tapvid_metrics(torch.from_numpy(found["tracks"]), ~torch.from_numpy(found["occluded"]),
                              torch.from_numpy(truth["tracks"]), ~torch.from_numpy(truth["occluded"]),
                              torch.from_numpy(truth["query_frames"]), "first")
@@ -86,21 +80,13 @@ def main() -> None:
     if args.write_clip:
         write_clip()
         return
-    comfyui = find_comfyui()
-    if comfyui is None:
+    if find_comfyui() is None:
         raise SystemExit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI (>= 0.8.0) checkout.")
     started = time.time()
     base = Path(tempfile.mkdtemp(prefix="difftrack_demo_"))
-    install_pack(base)
-    for folder, name in (("diffusion_models", DIT_FILE), ("vae", VAE_FILE)):
-        (base / "models" / folder).mkdir(parents=True)
-        (base / "models" / folder / name).symlink_to(TINY_WAN / name)
-    (base / "input").mkdir()
-    shutil.copy(CLIP, base / "input" / CLIP.name)
-    first_frame = np.load(TRUTH)["tracks"][:, 0]
+    first_frame = np.load(DEMO_TRUTH)["tracks"][:, 0]
     points = [{"x": round(float(x), 2), "y": round(float(y), 2)} for x, y in first_frame]
-    server = ComfyServer(comfyui, base, cpu=not args.gpu)
-    server.start()
+    server = start_server(base, trained=True, i2v=False, cpu=not args.gpu)
     try:
         entry = server.run(demo_prompt(server.get("/object_info"), points))
     finally:
@@ -111,7 +97,7 @@ def main() -> None:
         for path in server.output_files(entry, suffix):
             written[suffix] = str(shutil.copy(path, args.out / path.name))
     shutil.rmtree(base, ignore_errors=True)
-    print(json.dumps({"video": written[".mp4"], "tracks": written[".json"], "points": len(points), "frames": FRAMES,
+    print(json.dumps({"video": written[".mp4"], "tracks": written[".json"], "points": len(points), "frames": DEMO_FRAMES,
                       "scores_vs_exact_tracks": score(Path(written[".npz"])), "seconds": round(time.time() - started, 1)}))
 
 

@@ -133,3 +133,24 @@ def test_tracking_run_shows_the_frame_and_the_animated_preview(page, renderer, a
     assert window is None
     page.wait_for_timeout(500)
     page.screenshot(path=artifacts / f"{renderer}_tracking_run_previews.png")
+
+
+def test_template_browser_shows_each_workflows_thumbnail(page, renderer, artifacts):
+    """Workflow -> Browse Templates -> comfyui-difftrack: every shipped workflow's card shows its own thumbnail
+    (workflows/<name>.jpg, 512 px square, written by tools/build_workflows.py --thumbnails from a real run)."""
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text("comfyui-difftrack", exact=True).first.click()
+    names = [path.stem for path in WORKFLOWS]
+    shown = page.wait_for_function("""(names) => {
+        const cards = {};
+        for (const image of document.querySelectorAll('[role=dialog] img')) {
+            let card = image;
+            for (let up = 0; up < 8 && card && !names.some(n => card.textContent.includes(n)); up++) card = card.parentElement;
+            const name = names.find(n => card?.textContent.includes(n));
+            if (name && image.complete && image.naturalWidth > 0) cards[name] = [image.naturalWidth, image.naturalHeight];
+        }
+        return Object.keys(cards).length === names.length ? cards : null;
+    }""", arg=names, timeout=30_000).json_value()
+    assert shown == {name: [512, 512] for name in names}
+    page.screenshot(path=artifacts / f"{renderer}_template_browser.png")
+    page.keyboard.press("Escape")

@@ -2,17 +2,19 @@
 
 Each workflow is converted UI -> API by comfy-cli's maintained converter, fed by
 the server's /object_info; real model files are swapped for the tiny test
-models, the text encoder for Zero Conditioning, and sizes shrunk; then it runs.
+models, the text encoder for Zero Conditioning, and sizes shrunk
+(difftrack_devkit.testbed.tiny_prompt); then it runs.
 """
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import av
 import pytest
 from comfy_cli.workflow_to_api import convert_ui_to_api
-from difftrack_devkit.testbed import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN, TINY_WAN_I2V
+from difftrack_devkit.testbed import CLIP_FRAMES, tiny_prompt
 from difftrack_devkit.server import UI_ONLY, ui_to_api, widget_inputs
 from difftrack_devkit.host import REPO
 
@@ -34,6 +36,11 @@ def test_workflows_are_shipped_and_listed_by_the_server(comfy_server):
     assert len(WORKFLOWS) == 5
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-difftrack"]) == sorted(path.stem for path in WORKFLOWS)
+    for path in WORKFLOWS:  # the thumbnail the template browser asks for: same name, .jpg
+        url = f"{comfy_server.url}/api/workflow_templates/comfyui-difftrack/{path.stem}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            served = response.read()
+        assert served == path.with_suffix(".jpg").read_bytes() and served[:3] == b"\xff\xd8\xff"  # a JPEG
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -79,53 +86,9 @@ def test_own_converter_matches_comfy_cli(path, object_info):
                                                   for key, node in reference.items()}
 
 
-def bypass(prompt: dict, key: str, through: str) -> None:
-    """Remove a node, connecting its consumers to what fed its `through` input."""
-    source = prompt.pop(key)["inputs"][through]
-    for node in prompt.values():
-        for name, value in node["inputs"].items():
-            if isinstance(value, list) and value and value[0] == key:
-                node["inputs"][name] = source
-
-
-def for_tiny_models(prompt: dict) -> dict:
-    """Swap real models for the tiny test ones, the text encoder for Zero Conditioning, and shrink sizes.
-
-    The WanMove model becomes a tiny Wan i2v model, its distill LoRA is bypassed and the optional CLIP vision
-    input is dropped (no tiny CLIP vision model exists)."""
-    prompt = json.loads(json.dumps(prompt))
-    for key in [k for k, node in prompt.items() if node["class_type"] == "LoraLoaderModelOnly"]:
-        bypass(prompt, key, "model")
-    model = next(key for key, node in prompt.items() if node["class_type"] == "UNETLoader")
-    scale_x, scale_y = CLIP_SIZE / 832, CLIP_SIZE / 480
-    small = {"width": CLIP_SIZE, "height": CLIP_SIZE}
-    out = {}
-    for key, node in prompt.items():
-        kind, inputs = node["class_type"], dict(node["inputs"])
-        if kind in ("CLIPLoader", "CLIPVisionLoader", "CLIPVisionEncode"):
-            continue
-        if kind == "CLIPTextEncode":
-            kind, inputs = "DiffTrackZeroConditioning", {"model": [model, 0]}
-        if kind == "UNETLoader":
-            inputs["unet_name"] = TINY_WAN_I2V if "WanMove" in inputs["unet_name"] else TINY_WAN
-        inputs.pop("clip_vision_output", None)
-        inputs.update({"VAELoader": {"vae_name": TINY_VAE}, "LoadVideo": {"file": CLIP}, "ImageScale": small,
-                       "EmptyHunyuanLatentVideo": {**small, "length": CLIP_FRAMES},
-                       "WanMoveTrackToVideo": {**small, "length": CLIP_FRAMES},
-                       "KSampler": {"steps": 2}, "DiffTrackCAGSampler": {"steps": 2}}.get(kind, {}))
-        if kind == "DiffTrackTrackPoints":
-            points = json.loads(inputs["points"])
-            inputs["points"] = json.dumps([{**p, "x": p["x"] * scale_x, "y": p["y"] * scale_y} for p in points])
-            inputs["frames_per_chunk"] = 5
-        if kind == "DiffTrackAttentionMap":
-            inputs["x"], inputs["y"] = int(inputs["x"] * scale_x), int(inputs["y"] * scale_y)
-        out[key] = {"class_type": kind, "inputs": inputs}
-    return out
-
-
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_runs(path, comfy_server, object_info):
-    prompt = for_tiny_models(convert_ui_to_api(load(path), object_info))
+    prompt = tiny_prompt(convert_ui_to_api(load(path), object_info))
     outputs = comfy_server.run(prompt)["outputs"]
     videos = [entry for node in outputs.values() for entry in node.get("images", []) if entry["filename"].endswith(".mp4")]
     expected = sum(node["class_type"] == "SaveVideo" for node in prompt.values())

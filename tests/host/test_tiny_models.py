@@ -17,8 +17,9 @@ import nodes
 from PIL import Image
 from scipy import ndimage
 
-from difftrack_bench.train_tiny import DIT_FILE, TINY_WAN, VAE_FILE, encode, load, new_dit, new_vae, normalise_latents
+from difftrack_bench.train_tiny import encode, load, new_dit, new_vae, normalise_latents
 from difftrack_devkit.host import REPO, find_comfyui
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 from difftrack_devkit.nodes import run_node
 from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.cag_nodes import ZeroConditioning
@@ -29,13 +30,13 @@ ARTIFACTS = REPO / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def models():
-    for folder, name in (("diffusion_models", DIT_FILE), ("vae", VAE_FILE)):
-        folder_paths.add_model_folder_path(folder, str(TINY_WAN))
-    return nodes.UNETLoader().load_unet(DIT_FILE, "default")[0], nodes.VAELoader().load_vae(VAE_FILE)[0]
+    for folder, name in (("diffusion_models", TRAINED_DIT), ("vae", TRAINED_VAE)):
+        folder_paths.add_model_folder_path(folder, str(TRAINED))
+    return nodes.UNETLoader().load_unet(TRAINED_DIT, "default")[0], nodes.VAELoader().load_vae(TRAINED_VAE)[0]
 
 
 def test_weights_fit_the_budget():
-    sizes = [path.stat().st_size for path in TINY_WAN.glob("*.safetensors")]
+    sizes = [path.stat().st_size for path in TRAINED.glob("*.safetensors")]
     assert len(sizes) == 2 and sum(sizes) <= 16 * 2 ** 20
 
 
@@ -130,10 +131,10 @@ def test_training_runs_in_parts(tmp_path):
     second = train(tmp_path / "second", "--resume", str(tmp_path / "first"), "--ema-decay", "0.5")
     assert first["dit_steps_done"] == second["dit_steps_done"] == 3 and first["resumed_from"] is None
     assert second["resumed_from"] == first and "vae" not in second["seconds"]
-    assert (tmp_path / "second" / VAE_FILE).read_bytes() == (tmp_path / "first" / VAE_FILE).read_bytes()
+    assert (tmp_path / "second" / TRAINED_VAE).read_bytes() == (tmp_path / "first" / TRAINED_VAE).read_bytes()
     dits = [new_dit("cpu") for _ in range(2)]
     for dit, part in zip(dits, ("first", "second")):
-        load(dit, tmp_path / part / DIT_FILE)
+        load(dit, tmp_path / part / TRAINED_DIT)
     first_weights, second_weights = (torch.cat([p.flatten() for p in dit.parameters()]) for dit in dits)
     assert not torch.equal(first_weights, second_weights)  # trained further ...
     assert (second_weights - first_weights).norm() < 0.01 * first_weights.norm()  # ... from the first part's weights
