@@ -11,15 +11,12 @@ interleaved repeats; max_abs_diff_vs_naive compares the two CAG predictions.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import time
 
 import torch
 
-from difftrack_devkit.host import require_host
-from difftrack_devkit.models import benchmark_model
+from difftrack_devkit import bench
 
 SIZES = {
     "tiny": dict(config="wan", latent=(16, 5, 16, 16), dtype=torch.float32),
@@ -28,12 +25,10 @@ SIZES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=list(SIZES), default="tiny")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench.parser(__doc__, SIZES)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    require_host(cpu=args.device == "cpu")
+    run = bench.random_model_run(args, SIZES)
 
     import comfy.samplers
 
@@ -41,10 +36,7 @@ def main() -> None:
     from difftrack_pack.nodes.vocabulary import model_blocks
     from difftrack_pack.nodes.extract import single_forward
 
-    size = SIZES[args.size]
-    cuda = args.device == "cuda"
-    generator = torch.Generator().manual_seed(0)
-    model, adapter, _, positive = benchmark_model(size["config"], size["dtype"], args.device, generator)
+    size, model, adapter, positive, generator = run.size, run.model, run.adapter, run.conditioning, run.generator
     negative = [[torch.randn(positive[0][0].shape, generator=generator), positive[0][1]]]
     diffusion_model = model.get_model_object("diffusion_model")
     blocks = model_blocks("auto", "guide", model)
@@ -56,23 +48,18 @@ def main() -> None:
         guider = comfy.samplers.CFGGuider(patcher)
         guider.set_conds(positive, negative)
         guider.set_cfg(6.0)
-        out = guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(single_forward),
-                            torch.tensor([0.5, 0.0]), seed=0, disable_pbar=True)
-        if cuda:
-            torch.cuda.synchronize()
-        return out
+        return guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(single_forward),
+                             torch.tensor([0.5, 0.0]), seed=0, disable_pbar=True)
 
     runs = {"cfg": lambda: step(model), "naive": lambda: step(guided[False]), "cag": lambda: step(guided[True])}
-    outputs = {name: run() for name, run in runs.items()}  # warm-up, and the predictions compared below
+    outputs = {name: run.timed(timed_run)[1] for name, timed_run in runs.items()}  # warm-up; compared below
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+        for name, timed_run in runs.items():
+            times[name].append(run.timed(timed_run)[0])
     cfg_s, naive_s, cag_s = (statistics.median(times[name]) for name in runs)
     print(json.dumps({
-        "model": f"wan2.1-{args.size}", "device": torch.cuda.get_device_name() if cuda else "cpu", "blocks": blocks,
+        "model": f"wan2.1-{args.size}", "device": run.device_name, "blocks": blocks,
         "tokens": size["latent"][1] * (size["latent"][2] // 2) * (size["latent"][3] // 2),
         "cfg_step_s": round(cfg_s, 4), "naive_cag_step_s": round(naive_s, 4), "cag_step_s": round(cag_s, 4),
         "ratio_vs_cfg": round(cag_s / cfg_s, 4), "naive_ratio_vs_cfg": round(naive_s / cfg_s, 4),

@@ -11,16 +11,13 @@ Each is the median of interleaved repeats, so drift hits all three alike.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
-import time
 
 import torch
 
-from difftrack_devkit.host import require_host
-from difftrack_devkit.models import benchmark_model
+from difftrack_devkit import bench
 
 # Wan 2.1 at 480x832, 81 frames: a [16, 21, 60, 104] latent, 21 x 30 x 52 = 32,760 tokens.
 SIZES = {
@@ -32,26 +29,21 @@ SIGMA = 0.1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=list(SIZES), default="tiny")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench.parser(__doc__, SIZES)
     parser.add_argument("--block", type=int, default=None, help="block to capture (default: the middle one)")
     args = parser.parse_args()
-    require_host(cpu=args.device == "cpu")
+    run = bench.random_model_run(args, SIZES)
 
     import comfy.samplers
 
     from difftrack_pack.nodes.capture import CaptureRequest, CaptureSession
     from difftrack_pack.nodes.extract import single_forward, extract_from_latent
 
-    size = SIZES[args.size]
-    cuda = args.device == "cuda"
-    generator = torch.Generator().manual_seed(0)
-    model, adapter, middle, conditioning = benchmark_model(size["config"], size["dtype"], args.device, generator)
+    size, model, adapter, conditioning = run.size, run.model, run.adapter, run.conditioning
     diffusion_model = model.get_model_object("diffusion_model")
-    block = middle if args.block is None else args.block
-    latent = torch.randn(1, *size["latent"], generator=generator)
-    noise = torch.randn(latent.shape, generator=generator)
+    block = run.middle_block if args.block is None else args.block
+    latent = torch.randn(1, *size["latent"], generator=run.generator)
+    noise = torch.randn(latent.shape, generator=run.generator)
     frames = latent.shape[2]
 
     captured = CaptureSession(adapter, diffusion_model, [block], CaptureRequest(offload=False))
@@ -70,32 +62,24 @@ def main() -> None:
                                    frames, conditioning, [block], SIGMA, frames_per_chunk=0,
                                    request=CaptureRequest(offload=False))
 
-    def timed(run) -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     runs = {"plain": lambda: forward(model), "capture": lambda: forward(patched), "extract": extract}
-    for run in runs.values():  # warm-up: model load, kernel selection
-        run()
+    for warm_up in runs.values():  # model load, kernel selection
+        warm_up()
     times = {name: [] for name in runs}
     for _ in range(size["repeats"]):
-        for name, run in runs.items():
-            times[name].append(timed(run))
-    if cuda:
+        for name, timed_run in runs.items():
+            times[name].append(run.timed(timed_run)[0])
+    if run.cuda:
         torch.cuda.reset_peak_memory_stats()
     forward(patched)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = (torch.cuda.max_memory_allocated() / 2**30 if run.cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     features_check = extract()
     assert features_check.blocks() == [block]
 
     plain, capture, extract_s = (statistics.median(times[name]) for name in runs)
     print(json.dumps({
-        "model": f"wan2.1-{args.size}", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "model": f"wan2.1-{args.size}", "device": run.device_name,
         "tokens": latent.shape[2] * (latent.shape[3] // 2) * (latent.shape[4] // 2), "block": block,
         "blocks_total": adapter.block_count(diffusion_model), "plain_s": round(plain, 4), "capture_s": round(capture, 4),
         "overhead_ratio": round(capture / plain, 4), "captured_bytes": sum(qk.nbytes for qk in captured.captures.values()),

@@ -15,14 +15,13 @@ input hidden states instead of its q/k), each a delta_avg.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 
 import torch
 
-from difftrack_devkit.host import require_host
+from difftrack_devkit import bench
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 
 
@@ -96,17 +95,16 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench.parser(__doc__)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--clips", type=int, default=50)
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT), help="default: the tiny DiT trained on these clips")
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE), help="default: the tiny VAE trained on these clips")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--frames", type=int, default=13)
     parser.add_argument("--sigma", type=float, default=0.2)
     args = parser.parse_args()
-    require_host(cpu=args.device == "cpu")
+    bench.start(args)
     print(json.dumps(evaluate(args.unet, args.vae, args.seed, args.clips, args.size, args.frames, sigma=args.sigma)))
 
 

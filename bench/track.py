@@ -10,15 +10,12 @@ model and the features. Medians of repeats.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import time
 
 import torch
 
-from difftrack_devkit.host import require_host
-from difftrack_devkit.models import benchmark_model
+from difftrack_devkit import bench
 
 SIZES = {
     "tiny": dict(config="wan", latent_hw=(16, 16), dtype=torch.float32),
@@ -27,31 +24,22 @@ SIZES = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=list(SIZES), default="tiny")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = bench.parser(__doc__, SIZES)
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    require_host(cpu=args.device == "cpu")
+    run = bench.random_model_run(args, SIZES)
 
     from difftrack_pack.ditcorr.track import TrackSettings, track_points
     from difftrack_pack.nodes.capture import CaptureRequest
     from difftrack_pack.nodes.extract import extract_from_latent
 
-    size = SIZES[args.size]
-    cuda = args.device == "cuda"
-    generator = torch.Generator().manual_seed(0)
-    model, _, block, conditioning = benchmark_model(size["config"], size["dtype"], args.device, generator)
+    size, model, block, conditioning, generator = run.size, run.model, run.middle_block, run.conditioning, run.generator
     latent = torch.randn(1, 16, args.frames, *size["latent_hw"], generator=generator)
     frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
     queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
                          torch.zeros(args.points, 1)], dim=1)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
 
     def extract():
         return extract_from_latent(model, latent, tuple(map(float, range(args.frames))), frame_size, args.frames,
@@ -62,26 +50,20 @@ def main() -> None:
     track()  # warm-up
     forward_times, track_times = [], []
     for _ in range(args.repeats):
-        sync()
-        start = time.perf_counter()
-        features = extract()
-        sync()
-        forward_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        tracks = track()
-        sync()
-        track_times.append(time.perf_counter() - start)
-    if cuda:
+        seconds, features = run.timed(extract)
+        forward_times.append(seconds)
+        seconds, tracks = run.timed(track)
+        track_times.append(seconds)
+    if run.cuda:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        track()
-        sync()
+        run.timed(track)
         extra_mem = (torch.cuda.max_memory_allocated() - base) / 2**30
     else:
         extra_mem = None  # no device allocator to ask on the CPU
     forward_s, track_s = statistics.median(forward_times), statistics.median(track_times)
     print(json.dumps({
-        "model": f"wan2.1-{args.size}", "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "model": f"wan2.1-{args.size}", "device": run.device_name,
         "points": args.points, "frames": args.frames, "chunks": len(features.chunk_frames),
         "tokens_per_frame": (size["latent_hw"][0] // 2) * (size["latent_hw"][1] // 2), "block": block,
         "forward_s": round(forward_s, 4), "track_s": round(track_s, 4),

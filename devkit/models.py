@@ -66,16 +66,6 @@ def random_wan_vae(dim: int = 8, seed: int = 0):
     return comfy.sd.VAE(sd=random_wan_vae_state_dict(dim, seed))
 
 
-def benchmark_model(config: str, dtype: torch.dtype, device: str, generator: torch.Generator):
-    """A random-weight model for benchmarks: (ModelPatcher, its adapter, its middle block, a random text CONDITIONING)."""
-    from difftrack_pack.nodes.adapters import adapter_for
-
-    model = random_model(config, dtype=dtype, device=device)
-    diffusion_model = model.get_model_object("diffusion_model")
-    adapter = adapter_for(diffusion_model)
-    return model, adapter, adapter.block_count(diffusion_model) // 2, text_conditioning(model, generator)
-
-
 def text_conditioning(patcher, seed: int | torch.Generator) -> list:
     """Random text conditioning shaped like the family's text encoder output."""
     from difftrack_pack.nodes.adapters import adapter_for

@@ -1,0 +1,73 @@
+"""What every benchmark in bench/ starts with: its command line, the host, a random-weight model, timing."""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .host import require_host
+
+
+def parser(doc: str, sizes: dict | None = None) -> argparse.ArgumentParser:
+    """The benchmark's command line: its docstring as help, --device, and --size when it has model sizes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if sizes is not None:
+        parser.add_argument("--size", choices=list(sizes), default="tiny")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def start(args: argparse.Namespace) -> None:
+    """ComfyUI and this pack importable, on the device the command line chose."""
+    require_host(cpu=args.device == "cpu")
+
+
+@dataclass
+class RandomModelRun:
+    """A benchmark on one random-weight model of the sizes table (the generator is also used for its inputs)."""
+
+    size: dict  # the chosen row of the benchmark's SIZES: config, dtype, ...
+    device: str
+    generator: torch.Generator
+    model: object  # ModelPatcher
+    adapter: object
+    middle_block: int
+    conditioning: list  # a random text CONDITIONING shaped for the model
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name() if self.cuda else "cpu"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def timed(self, run: Callable[[], object]) -> tuple[float, object]:
+        """(seconds `run` takes, the device's queue drained before and after; what it returned)."""
+        self.sync()
+        begin = time.perf_counter()
+        result = run()
+        self.sync()
+        return time.perf_counter() - begin, result
+
+
+def random_model_run(args: argparse.Namespace, sizes: dict) -> RandomModelRun:
+    """start(), then the model of `sizes[args.size]` with random weights on args.device."""
+    from .models import text_conditioning, random_model
+
+    start(args)
+    from difftrack_pack.nodes.vocabulary import model_and_adapter
+
+    size = sizes[args.size]
+    generator = torch.Generator().manual_seed(0)
+    model = random_model(size["config"], dtype=size["dtype"], device=args.device)
+    diffusion_model, adapter = model_and_adapter(model)
+    return RandomModelRun(size, args.device, generator, model, adapter, adapter.block_count(diffusion_model) // 2,
+                          text_conditioning(model, generator))

@@ -1,0 +1,34 @@
+"""The GPU benchmarks run as documented at their tiny size on the CPU and print one JSON line each, with the
+invariants they exist to show (capture keeps what it should; prefix-reuse CAG equals the naive pass)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from difftrack_devkit.host import REPO, find_comfyui
+
+
+def run(script: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script), "--device", "cpu", *args],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COMFYUI_PATH": str(find_comfyui())})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("script, args, keys", [
+    ("capture.py", (), {"plain_s", "capture_s", "overhead_ratio", "extract_s", "extract_ratio", "captured_bytes"}),
+    ("track.py", ("--points", "40", "--frames", "9", "--repeats", "1"), {"forward_s", "track_s", "track_to_forward_ratio"}),
+    ("cag.py", ("--repeats", "1"), {"cfg_step_s", "naive_cag_step_s", "cag_step_s", "max_abs_diff_vs_naive"}),
+])
+def test_benchmark_prints_its_json_line(script, args, keys):
+    out = run(script, *args)
+    assert keys <= set(out) and out["device"] == "cpu" and out["model"] == "wan2.1-tiny"
+    if script == "capture.py":  # one block of 5 x 8 x 8 tokens (2 heads x 128), q and k, float32
+        assert out["captured_bytes"] == 2 * 2 * 5 * 8 * 8 * 128 * 4
+    if script == "cag.py":
+        assert out["max_abs_diff_vs_naive"] <= 1e-4
