@@ -21,6 +21,14 @@ TINY_VAE = "difftrack_tiny_wan_vae.safetensors"
 CLIP = "difftrack_clip.mp4"
 CLIP_FRAMES, CLIP_SIZE = 9, 64
 
+# The first nodes of an API prompt that reads the clip: "1" the tiny DiT, "2" its VAE, "4" the clip's frames.
+VIDEO_FRONT = {
+    "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
+    "2": {"class_type": "VAELoader", "inputs": {"vae_name": TINY_VAE}},
+    "3": {"class_type": "LoadVideo", "inputs": {"file": CLIP}},
+    "4": {"class_type": "GetVideoComponents", "inputs": {"video": ["3", 0]}},
+}
+
 TRAINED = REPO / "assets" / "tiny_wan"  # bench/train_tiny.py writes here
 TRAINED_VAE, TRAINED_DIT = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
 DEMO_CLIP, DEMO_TRUTH = REPO / "assets" / "demo" / "clip.mp4", REPO / "assets" / "demo" / "clip_tracks.npz"

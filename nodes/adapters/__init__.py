@@ -1,14 +1,23 @@
-"""One adapter per video-DiT family; `adapter_for` picks the one for a loaded model."""
+"""One adapter per video-DiT family, one module each in this folder; `adapter_for` picks the one for a loaded model.
+
+Every module here is imported and every Adapter subclass in it is registered: adding a family is one new file
+(and its row in the development kit's family table, devkit/families.py, which the conformance test checks).
+"""
 from __future__ import annotations
 
-from .base import Adapter, UnsupportedInput
-from .hunyuan_video import HunyuanVideoAdapter
-from .kandinsky5 import Kandinsky5Adapter
-from .ltxv import LTXVAdapter
-from .mochi import MochiAdapter
-from .wan import WanAdapter
+import importlib
+import pkgutil
 
-ADAPTERS: tuple[Adapter, ...] = (WanAdapter(), HunyuanVideoAdapter(), LTXVAdapter(), MochiAdapter(), Kandinsky5Adapter())
+from .base import Adapter, UnsupportedInput
+
+
+def _discover() -> tuple[Adapter, ...]:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return tuple(sorted((kind() for kind in Adapter.__subclasses__()), key=lambda adapter: adapter.name.lower()))
+
+
+ADAPTERS: tuple[Adapter, ...] = _discover()
 
 # Families ComfyUI can load that we know we cannot hook, with the reason.
 REFUSED = {

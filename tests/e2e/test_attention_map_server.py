@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from difftrack_devkit.testbed import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
+from difftrack_devkit.testbed import CLIP_FRAMES, CLIP_SIZE, VIDEO_FRONT
 
 NODES = ["DiffTrackAttentionCapture", "DiffTrackCapturedFeatures", "DiffTrackExtractFeatures", "DiffTrackAttentionMap",
          "DiffTrackTrackPoints", "DiffTrackDrawTracks", "DiffTrackSaveTracks", "DiffTrackCAG", "DiffTrackCAGGuider",
@@ -21,10 +21,7 @@ def test_server_lists_the_nodes_with_tooltips(comfy_server):
 
 def test_extract_features_to_attention_map(comfy_server):
     prompt = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
-        "2": {"class_type": "VAELoader", "inputs": {"vae_name": TINY_VAE}},
-        "3": {"class_type": "LoadVideo", "inputs": {"file": CLIP}},
-        "4": {"class_type": "GetVideoComponents", "inputs": {"video": ["3", 0]}},
+        **VIDEO_FRONT,  # 1 model, 2 vae, 4 the clip's frames
         "5": {"class_type": "DiffTrackExtractFeatures", "inputs": {
             "model": ["1", 0], "vae": ["2", 0], "images": ["4", 0], "blocks": "auto", "sigma": 0.1, "seed": 0,
             "encoding": "per_frame", "frames_per_chunk": 5, "reference_frame": 0, "storage_dtype": "model", "storage": "cpu"}},

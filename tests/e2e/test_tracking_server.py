@@ -4,15 +4,12 @@ from __future__ import annotations
 import json
 
 import av
-from difftrack_devkit.testbed import CLIP, CLIP_FRAMES, CLIP_SIZE, TINY_VAE, TINY_WAN
+from difftrack_devkit.testbed import CLIP_FRAMES, CLIP_SIZE, VIDEO_FRONT
 
 
 def test_track_points_draw_and_save(comfy_server):
     prompt = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN, "weight_dtype": "default"}},
-        "2": {"class_type": "VAELoader", "inputs": {"vae_name": TINY_VAE}},
-        "3": {"class_type": "LoadVideo", "inputs": {"file": CLIP}},
-        "4": {"class_type": "GetVideoComponents", "inputs": {"video": ["3", 0]}},
+        **VIDEO_FRONT,  # 1 model, 2 vae, 4 the clip's frames
         "5": {"class_type": "DiffTrackTrackPoints", "inputs": {
             "points": '[{"x": 16, "y": 32}, {"x": 48, "y": 12}, {"x": 40, "y": 50, "t": 4}]', "grid_size": 0,
             "query_frame": 0, "readout": "refined", "window": 2, "cycle_tolerance": 1.0, "min_confidence": 3.0,
