@@ -139,7 +139,8 @@ def test_template_browser_shows_each_workflows_thumbnail(page, renderer, artifac
     """Workflow -> Browse Templates -> comfyui-difftrack: every shipped workflow's card shows its own thumbnail
     (workflows/<name>.jpg, 512 px square, written by tools/build_workflows.py --thumbnails from a real run)."""
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-    page.get_by_text("comfyui-difftrack", exact=True).first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("comfyui-difftrack", exact=True).first.click()  # the category (node badges say it too)
     names = [path.stem for path in WORKFLOWS]
     shown = page.wait_for_function("""(names) => {
         const cards = {};
