@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import QK, FeatureChunk
+from .streaming import DeviceWindow
 
 
 def sample_tokens(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,8 @@ def point_cost(source: QK, source_frame: int, target: QK, target_frame: int, poi
 
 
 def point_cost_over_video(chunks: list[FeatureChunk], query_frame: float, points: torch.Tensor,
-                          temperature: float | None = None) -> tuple[list[float], torch.Tensor]:
+                          temperature: float | None = None,
+                          device_window: DeviceWindow | None = None) -> tuple[list[float], torch.Tensor]:
     """Cost maps of query points on one frame against every frame of the video.
 
     chunks: as DitFeatures.select returns.
@@ -118,7 +120,9 @@ def point_cost_over_video(chunks: list[FeatureChunk], query_frame: float, points
     frame is used). A frame's cost is averaged over the chunks that hold both
     it and the query frame. Returns (frame positions, maps [F, N, h, w]); a
     frame that shares no chunk with the query frame gets an all-zero map.
+    device_window: where to compute (chunks are brought there one at a time); None = where they live.
     """
+    device_window = device_window or DeviceWindow(capacity=1)
     positions = sorted({p for frames, _ in chunks for p in frames})
     anchor = min(positions, key=lambda p: abs(p - query_frame))
     h, w = chunks[0][1].q.shape[2:4]
@@ -128,6 +132,7 @@ def point_cost_over_video(chunks: list[FeatureChunk], query_frame: float, points
         if anchor not in frames:
             continue
         source_frame = frames.index(anchor)
+        qk = device_window.get(qk)
         for target_frame, position in enumerate(frames):
             slot = positions.index(position)
             total[slot] += point_cost(qk, source_frame, qk, target_frame, points, temperature).cpu()

@@ -20,6 +20,7 @@ import torch
 
 from .cost import forward_rows, pair_costs, sample_tokens
 from .features import FeatureChunk
+from .streaming import DeviceWindow
 
 Chunks = list[FeatureChunk]
 READOUTS = ("argmax", "refined")
@@ -79,16 +80,19 @@ def _holders(selections: list[Chunks], anchor: float, position: float) -> tuple[
                  if anchor in frames and position in frames)
 
 
-def _mean_over(holders, selections: list[Chunks], cost, sources: list[float], targets: list[float],
-               points: torch.Tensor, **options) -> torch.Tensor:
-    """`cost` ([G, N, h, w]) of G frame pairs, averaged over the chunks (of every selection) holding them."""
+def _mean_over(holders, selections: list[Chunks], device_window: DeviceWindow, cost, sources: list[float],
+               targets: list[float], points: torch.Tensor, **options) -> torch.Tensor:
+    """`cost` ([G, N, h, w]) of G frame pairs, averaged over the chunks (of every selection) holding them, each read
+    through the device window."""
+    chunks = [selections[i][c] for i, c in holders]
     values = [cost(qk, [frames.index(p) for p in sources], qk, [frames.index(p) for p in targets], points, **options)
-              for frames, qk in (selections[i][c] for i, c in holders)]
+              for frames, qk in ((frames, device_window.get(qk)) for frames, qk in chunks)]
     return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
-                 settings: TrackSettings = TrackSettings(), on_frame: Callable[[], None] = lambda: None) -> Tracks:
+                 settings: TrackSettings = TrackSettings(), on_frame: Callable[[], None] = lambda: None,
+                 device_window: DeviceWindow | None = None) -> Tracks:
     """Track query points through a video.
 
     selections: one chunk list per fused (block, step) capture, as
@@ -96,15 +100,17 @@ def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tu
     queries: [N, 3] (x, y, frame) with x, y in pixels of frame_size and the
         query frame a source-frame index.
     on_frame: called after each (query frame, target frame) pair: progress, cancellation.
-    Returns Tracks over all `frame_count` source frames.
+    device_window: where to compute (features stored elsewhere are streamed there a few chunks at a time); None =
+        where the features live.
+    Returns Tracks over all `frame_count` source frames, on the compute device.
     """
-    positions, tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame)
+    positions, tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame, device_window)
     return _to_source_frames(positions, tracks, queries, frame_count)
 
 
 def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
-                       settings: TrackSettings = TrackSettings(),
-                       on_frame: Callable[[], None] = lambda: None) -> tuple[list[float], Tracks]:
+                       settings: TrackSettings = TrackSettings(), on_frame: Callable[[], None] = lambda: None,
+                       device_window: DeviceWindow | None = None) -> tuple[list[float], Tracks]:
     """Tracks on the token frames the model saw: (their source-frame positions, Tracks [T_tokens, N]).
 
     Each query is tracked from the token frame nearest its own frame, where it
@@ -121,9 +127,10 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
         bad = int(((frame < 0) | (frame > frame_count - 1)).nonzero()[0])
         raise ValueError(f"Point {bad} is on frame {float(frame[bad]):g}, outside the video's {frame_count} frames.")
 
+    device_window = device_window or DeviceWindow()
     first = selections[0][0][1]
     grid = tuple(first.q.shape[2:4])
-    device = first.q.device
+    device = device_window.device or first.q.device
     positions = sorted({p for chunks in selections for frames, _ in chunks for p in frames})
     n = queries.shape[0]
     path = torch.zeros(len(positions), n, 2, device=device)
@@ -153,6 +160,8 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
         calls = [(holders, targets[i:i + pairs_per_call],
                   torch.tensor([positions.index(p) for p in targets[i:i + pairs_per_call]], device=device)[:, None])
                  for holders, targets in groups.items() for i in range(0, len(targets), pairs_per_call)]
+        # Room for the chunks of one call and of the next (prefetched), so a prefetch never evicts what is in use.
+        device_window.capacity = max(device_window.capacity, 2 * max((len(holders) for holders, _, _ in calls), default=1))
         members = (frame == query_frame).nonzero()[:, 0]
         for start in range(0, len(members), settings.point_batch):
             batch = members[start:start + settings.point_batch]
@@ -161,17 +170,19 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
             start_tokens = start_px / token_size - 0.5
             slot = positions.index(anchor)
             path[slot, rows], visible[slot, rows], confidence[slot, rows] = start_px, True, 1.0 / flat
-            for holders, pair_targets, slots in calls:
+            for index, (holders, pair_targets, slots) in enumerate(calls):
+                for i, c in calls[(index + 1) % len(calls)][0]:  # the next call's chunks copy while this one computes
+                    device_window.prefetch(selections[i][c][1])
                 pairs = len(pair_targets)
                 anchors = [anchor] * pairs
                 options = dict(temperature=settings.temperature)
                 start_unit = (start_px * to_unit - 1).expand(pairs, -1, -1)
-                cost = _mean_over(holders, selections, pair_costs, anchors, pair_targets, start_unit,
+                cost = _mean_over(holders, selections, device_window, pair_costs, anchors, pair_targets, start_unit,
                                   budget_bytes=settings.memory_budget, **options)
                 found, peak = read_out(cost.flatten(0, 1), settings.readout, settings.window)
                 found_px = (found.view(pairs, -1, 2) + 0.5) * token_size
-                back = _mean_over(holders, selections, forward_rows, pair_targets, anchors, found_px * to_unit - 1,
-                                  **options)
+                back = _mean_over(holders, selections, device_window, forward_rows, pair_targets, anchors,
+                                  found_px * to_unit - 1, **options)
                 returned, _ = read_out(back.flatten(0, 1), settings.readout, settings.window)
                 miss = (returned.view(pairs, -1, 2) - start_tokens).norm(dim=-1)
                 peak = peak.view(pairs, -1) / flat

@@ -1,0 +1,78 @@
+"""Captured q/k brought to the compute device a few chunks at a time, wherever they are stored.
+
+Features kept in CPU memory (to save VRAM) would otherwise be read where they
+live: on the CPU, a hundred times slower than the GPU the model runs on. A
+`DeviceWindow` copies the chunks a computation asks for to the compute device,
+holds at most `capacity` of them there (the chunk in use and the next one,
+prefetched while the current one computes), and drops the oldest: extra device
+memory is bounded by the window, not by the video's length. On CUDA, copies
+from pinned memory run on a side stream and overlap the computation.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from .features import QK
+
+
+class DeviceWindow:
+    """device: where to compute; None = where each chunk lives (nothing is copied).
+    capacity: chunks held on the device at once (>= 1).
+    always_copy: copy a chunk even when it already lives on `device` (lets a CPU-only test run the streaming path).
+    """
+
+    def __init__(self, device: torch.device | str | None = None, capacity: int = 2, always_copy: bool = False):
+        if capacity < 1:
+            raise ValueError("A device window holds at least one chunk.")
+        self.device = None if device is None else torch.device(device)
+        self.capacity = capacity
+        self.always_copy = always_copy
+        self._resident: OrderedDict[int, tuple[QK, torch.cuda.Event | None]] = OrderedDict()
+        self._stream = torch.cuda.Stream(self.device) if self.device is not None and self.device.type == "cuda" else None
+        self.copies = 0  # chunks copied so far
+        self.most_resident = 0  # the most chunks held at once
+
+    def _copies(self, qk: QK) -> bool:
+        return self.device is not None and (self.always_copy or qk.q.device != self.device)
+
+    def get(self, qk: QK) -> QK:
+        """`qk` on the compute device, ready to use on the current stream."""
+        if not self._copies(qk):
+            return qk
+        if id(qk) not in self._resident:
+            self._load(qk)
+        self._resident.move_to_end(id(qk))
+        moved, ready = self._resident[id(qk)]
+        if ready is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(ready)
+            moved.q.record_stream(current)  # allocated on the side stream, used (and freed) on this one
+            moved.k.record_stream(current)
+            self._resident[id(qk)] = (moved, None)
+        return moved
+
+    def prefetch(self, qk: QK) -> None:
+        """Start copying `qk` so that a later get() finds it (a no-op when it needs no copy or is there)."""
+        if self._copies(qk) and id(qk) not in self._resident:
+            self._load(qk)
+
+    def _load(self, qk: QK) -> None:
+        while len(self._resident) >= self.capacity:
+            self._resident.popitem(last=False)
+        if self._stream is not None:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the source may still be written
+            with torch.cuda.stream(self._stream):
+                moved = QK(qk.q.to(self.device, non_blocking=True, copy=True),
+                           qk.k.to(self.device, non_blocking=True, copy=True), qk.sigma)
+                ready = torch.cuda.Event()
+                ready.record(self._stream)
+        else:
+            moved, ready = QK(qk.q.to(self.device, copy=True), qk.k.to(self.device, copy=True), qk.sigma), None
+        self._resident[id(qk)] = (moved, ready)
+        self.copies += 1
+        self.most_resident = max(self.most_resident, len(self._resident))
+
+    def clear(self) -> None:
+        self._resident.clear()

@@ -1,0 +1,45 @@
+"""Streaming features to the compute device: the same tracks and maps as reading them in place, with at most the
+window's chunks copied at once (on a CPU-only machine the window is made to copy, so the streaming path runs)."""
+import torch
+
+from difftrack_pack.ditcorr import QK, DeviceWindow, FeatureChunk, plan_chunks, point_cost_over_video
+from difftrack_pack.ditcorr.track import TrackSettings, track_points
+
+
+def chunked_features(frames=17, per_chunk=5, blocks=2, seed=0) -> list[list[FeatureChunk]]:
+    """Random q/k for `blocks` fused selections of a strided chunk layout (several chunks per frame pair)."""
+    generator = torch.Generator().manual_seed(seed)
+    layout = plan_chunks(frames, per_chunk)
+    return [[FeatureChunk(tuple(map(float, chunk)), QK(torch.randn(2, len(chunk), 6, 7, 16, generator=generator),
+                                                        torch.randn(2, len(chunk), 6, 7, 16, generator=generator), 0.1))
+             for chunk in layout] for _ in range(blocks)]
+
+
+def test_tracks_through_a_copying_window_equal_tracks_in_place():
+    selections = chunked_features()
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.cat([torch.rand(30, 2, generator=generator) * torch.tensor([111.0, 95.0]), torch.zeros(30, 1)], 1)
+    in_place = track_points(selections, queries, (96, 112), 17, TrackSettings(point_batch=8))
+    window = DeviceWindow("cpu", capacity=1, always_copy=True)
+    streamed = track_points(selections, queries, (96, 112), 17, TrackSettings(point_batch=8), device_window=window)
+    for name in ("path", "visible", "confidence"):
+        assert torch.equal(getattr(streamed, name), getattr(in_place, name)), name
+    chunks = sum(len(chunks) for chunks in selections)
+    assert window.copies >= chunks  # every chunk went through the window, some more than once (4 point batches)
+    assert window.most_resident <= 2 * len(selections)  # one call's chunks and the next call's, never the video
+
+
+def test_attention_maps_through_a_copying_window_equal_maps_in_place():
+    (chunks, _) = chunked_features(blocks=2)
+    points = torch.tensor([[0.1, -0.3], [-0.8, 0.6]])
+    positions, in_place = point_cost_over_video(chunks, 0.0, points)
+    window = DeviceWindow("cpu", capacity=1, always_copy=True)
+    streamed_positions, streamed = point_cost_over_video(chunks, 0.0, points, device_window=window)
+    assert streamed_positions == positions and torch.equal(streamed, in_place)
+    assert window.copies == len(chunks) and window.most_resident == 1
+
+
+def test_a_window_without_a_device_copies_nothing():
+    (chunks, _) = chunked_features(blocks=2)
+    window = DeviceWindow()
+    assert window.get(chunks[0].qk) is chunks[0].qk and window.copies == 0
