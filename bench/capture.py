@@ -1,13 +1,15 @@
 """Cost of attention capture and of the early-stopping extraction path, on Wan 2.1 with random weights.
 
-    python bench/capture.py --size tiny|1.3b|14b --device cpu|cuda
+    python bench/capture.py --size tiny|1.3b|14b --device cpu|cuda [--storage gpu,cpu,auto]
 
-Prints one JSON line. All three timings go through ComfyUI's own sampling path
+Prints one JSON line. All timings go through ComfyUI's own sampling path
 (CFGGuider, cfg 1, one model call at σ), on the same latent and text context:
   plain_s    the unpatched model
-  capture_s  the model patched by Attention Capture (one block, features kept on the device)
+  capture_s  the model patched by Attention Capture (one block)
   extract_s  the extraction path, which stops the forward after the captured block
-Each is the median of interleaved repeats, so drift hits all three alike.
+the last two for each feature storage (`by_storage`; the first storage's also
+at the top level, peak_mem_gib for it). Each is the median of interleaved
+repeats, so drift hits all of them alike.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ SIGMA = 0.1
 def main() -> None:
     parser = bench.parser(__doc__, SIZES)
     parser.add_argument("--block", type=int, default=None, help="block to capture (default: the middle one)")
+    parser.add_argument("--storage", default="gpu,cpu", help="comma-separated feature storages: gpu, cpu, auto")
     args = parser.parse_args()
     run = bench.random_model_run(args, SIZES)
 
@@ -46,9 +49,12 @@ def main() -> None:
     noise = torch.randn(latent.shape, generator=run.generator)
     frames = latent.shape[2]
 
-    captured = CaptureSession(adapter, diffusion_model, [block], CaptureRequest(offload=False))
-    patched = model.clone()
-    captured.install(patched)
+    storages = args.storage.split(",")
+    sessions, patched = {}, {}
+    for storage in storages:
+        sessions[storage] = CaptureSession(adapter, diffusion_model, [block], CaptureRequest(storage=storage))
+        patched[storage] = model.clone()
+        sessions[storage].install(patched[storage])
 
     def forward(patcher):
         guider = comfy.samplers.CFGGuider(patcher)
@@ -57,12 +63,15 @@ def main() -> None:
         guider.sample(noise, latent, comfy.samplers.KSAMPLER(single_forward), torch.tensor([SIGMA, 0.0]),
                       seed=0, disable_pbar=True)
 
-    def extract():
-        return extract_from_latent(model, latent, tuple(map(float, range(frames))), (8 * latent.shape[-2], 8 * latent.shape[-1]),
-                                   frames, conditioning, [block], SIGMA, frames_per_chunk=0,
-                                   request=CaptureRequest(offload=False))
+    def extract(storage):
+        return extract_from_latent(model, latent, tuple(map(float, range(frames))),
+                                   (8 * latent.shape[-2], 8 * latent.shape[-1]), frames, conditioning, [block], SIGMA,
+                                   frames_per_chunk=0, request=CaptureRequest(storage=storage))
 
-    runs = {"plain": lambda: forward(model), "capture": lambda: forward(patched), "extract": extract}
+    runs = {"plain": lambda: forward(model)}
+    for storage in storages:
+        runs[f"capture_{storage}"] = lambda storage=storage: forward(patched[storage])
+        runs[f"extract_{storage}"] = lambda storage=storage: extract(storage)
     for warm_up in runs.values():  # model load, kernel selection
         warm_up()
     times = {name: [] for name in runs}
@@ -71,20 +80,27 @@ def main() -> None:
             times[name].append(run.timed(timed_run)[0])
     if run.cuda:
         torch.cuda.reset_peak_memory_stats()
-    forward(patched)
+    forward(patched[storages[0]])
+    sessions[storages[0]].store.synchronize()
     peak = (torch.cuda.max_memory_allocated() / 2**30 if run.cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    features_check = extract()
-    assert features_check.blocks() == [block]
+    assert extract(storages[0]).blocks() == [block]
 
-    plain, capture, extract_s = (statistics.median(times[name]) for name in runs)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    plain = median["plain"]
+    by_storage = {storage: {
+        "capture_s": round(median[f"capture_{storage}"], 4), "overhead_ratio": round(median[f"capture_{storage}"] / plain, 4),
+        "extract_s": round(median[f"extract_{storage}"], 4), "extract_ratio": round(median[f"extract_{storage}"] / plain, 4),
+        "features": sessions[storage].store.summary()} for storage in storages}
+    first = by_storage[storages[0]]
     print(json.dumps({
         "model": f"wan2.1-{args.size}", "device": run.device_name,
         "tokens": latent.shape[2] * (latent.shape[3] // 2) * (latent.shape[4] // 2), "block": block,
-        "blocks_total": adapter.block_count(diffusion_model), "plain_s": round(plain, 4), "capture_s": round(capture, 4),
-        "overhead_ratio": round(capture / plain, 4), "captured_bytes": sum(qk.nbytes for qk in captured.captures.values()),
-        "peak_mem_gib": round(peak, 3), "extract_s": round(extract_s, 4), "extract_ratio": round(extract_s / plain, 4),
-        "repeats": size["repeats"], "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        "blocks_total": adapter.block_count(diffusion_model), "plain_s": round(plain, 4),
+        **{key: first[key] for key in ("capture_s", "overhead_ratio", "extract_s", "extract_ratio")},
+        "captured_bytes": sum(qk.nbytes for qk in sessions[storages[0]].captures.values()),
+        "peak_mem_gib": round(peak, 3), "repeats": size["repeats"], "by_storage": by_storage,
+        "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
     }))
 
 

@@ -1,12 +1,16 @@
 """Cost of tracking against the cost of the forwards that produce its features, on Wan 2.1 with random weights.
 
-    python bench/track.py --size tiny|1.3b --device cpu|cuda --points N --frames F
+    python bench/track.py --size tiny|1.3b --device cpu|cuda --points N --frames F [--storage gpu,cpu,auto]
 
-Prints one JSON line. forward_s: the extraction of F per-frame latent frames
-(13-frame chunks, the middle block, features kept on the device); track_s:
-tracking N random points from frame 0 through all F frames (refined read-out,
-cycle check); peak_extra_mem_gib: device memory tracking needs on top of the
-model and the features. Medians of repeats.
+Prints one JSON line, with these per feature storage (`by_storage`; the first
+storage's also at the top level): forward_s, the extraction of F per-frame
+latent frames (13-frame chunks, the middle block); track_s, tracking N random
+points from frame 0 through all F frames on the model's device (refined
+read-out, cycle check; features stored elsewhere are streamed there a chunk at
+a time); peak_extra_mem_gib, device memory tracking needs on top of the model
+and whatever the features occupy. Medians of repeats. forward_vs_gpu and
+track_to_forward_ratio compare within the run; tracks_equal says the tracks
+are the same whatever the storage.
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--storage", default="gpu,cpu", help="comma-separated feature storages: gpu, cpu, auto")
     args = parser.parse_args()
     run = bench.random_model_run(args, SIZES)
 
+    from difftrack_pack.ditcorr import DeviceWindow
     from difftrack_pack.ditcorr.track import TrackSettings, track_points
     from difftrack_pack.nodes.capture import CaptureRequest
     from difftrack_pack.nodes.extract import extract_from_latent
@@ -41,35 +47,52 @@ def main() -> None:
     queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
                          torch.zeros(args.points, 1)], dim=1)
 
-    def extract():
-        return extract_from_latent(model, latent, tuple(map(float, range(args.frames))), frame_size, args.frames,
-                                   conditioning, [block], 0.1, frames_per_chunk=13, request=CaptureRequest(offload=False))
+    def measure(storage: str) -> tuple[dict, torch.Tensor]:
+        def extract():
+            return extract_from_latent(model, latent, tuple(map(float, range(args.frames))), frame_size, args.frames,
+                                       conditioning, [block], 0.1, frames_per_chunk=13,
+                                       request=CaptureRequest(storage=storage))
 
-    features = extract()  # warm-up
-    track = lambda: track_points(features.select_many(), queries, frame_size, args.frames, TrackSettings())  # noqa: E731
-    track()  # warm-up
-    forward_times, track_times = [], []
-    for _ in range(args.repeats):
-        seconds, features = run.timed(extract)
-        forward_times.append(seconds)
-        seconds, tracks = run.timed(track)
-        track_times.append(seconds)
-    if run.cuda:
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run.timed(track)
-        extra_mem = (torch.cuda.max_memory_allocated() - base) / 2**30
-    else:
-        extra_mem = None  # no device allocator to ask on the CPU
-    forward_s, track_s = statistics.median(forward_times), statistics.median(track_times)
+        window = DeviceWindow(args.device)
+        features = extract()  # warm-up
+        track = lambda: track_points(features.select_many(), queries, frame_size, args.frames,  # noqa: E731
+                                     TrackSettings(), device_window=window)
+        track()  # warm-up
+        forward_times, track_times = [], []
+        for _ in range(args.repeats):
+            seconds, features = run.timed(extract)
+            forward_times.append(seconds)
+            seconds, tracks = run.timed(track)
+            track_times.append(seconds)
+        if run.cuda:
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            run.timed(track)
+            extra_mem = round((torch.cuda.max_memory_allocated() - base) / 2**30, 3)
+        else:
+            extra_mem = None  # no device allocator to ask on the CPU
+        forward_s, track_s = statistics.median(forward_times), statistics.median(track_times)
+        result = {"forward_s": round(forward_s, 4), "track_s": round(track_s, 4),
+                  "track_to_forward_ratio": round(track_s / forward_s, 4), "peak_extra_mem_gib": extra_mem,
+                  "features": features.storage, "chunks": len(features.chunk_frames),
+                  "visible_fraction": round(tracks.visible.float().mean().item(), 3),
+                  "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times]}}
+        features.release()
+        return result, tracks.path.cpu()
+
+    by_storage, paths = {}, {}
+    for storage in args.storage.split(","):
+        by_storage[storage], paths[storage] = measure(storage)
+    first = by_storage[next(iter(by_storage))]
+    if "gpu" in by_storage:
+        for result in by_storage.values():
+            result["forward_vs_gpu"] = round(result["forward_s"] / by_storage["gpu"]["forward_s"], 4)
     print(json.dumps({
-        "model": f"wan2.1-{args.size}", "device": run.device_name,
-        "points": args.points, "frames": args.frames, "chunks": len(features.chunk_frames),
+        "model": f"wan2.1-{args.size}", "device": run.device_name, "points": args.points, "frames": args.frames,
         "tokens_per_frame": (size["latent_hw"][0] // 2) * (size["latent_hw"][1] // 2), "block": block,
-        "forward_s": round(forward_s, 4), "track_s": round(track_s, 4),
-        "track_to_forward_ratio": round(track_s / forward_s, 4), "peak_extra_mem_gib": None if extra_mem is None else round(extra_mem, 3),
-        "visible_fraction": round(tracks.visible.float().mean().item(), 3),
-        "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times]},
+        **{key: first[key] for key in ("chunks", "forward_s", "track_s", "track_to_forward_ratio", "peak_extra_mem_gib")},
+        "tracks_equal": all(torch.equal(path, next(iter(paths.values()))) for path in paths.values()),
+        "by_storage": by_storage,
     }))
 
 

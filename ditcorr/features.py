@@ -59,6 +59,7 @@ class DitFeatures:
         token frames (a float: native VAE encoding puts a latent frame between
         source frames).
     model: architecture name, for messages.
+    storage: where the captured q/k are kept, as the capture reported it.
     """
 
     frame_size: tuple[int, int]
@@ -66,6 +67,7 @@ class DitFeatures:
     chunk_frames: list[tuple[float, ...]]
     model: str = ""
     captures: dict[CaptureKey, QK] = field(default_factory=dict)
+    storage: str = ""
 
     @property
     def token_grid(self) -> tuple[int, int]:

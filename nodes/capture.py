@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import comfy.model_management
 import torch
 
 from ..ditcorr import QK, CaptureKey, DitFeatures
@@ -22,7 +23,8 @@ class CaptureRequest:
     sigma_range: (low, high) σ bounds, None for any σ.
     branches: which rows: ("cond",), ("uncond",) or both.
     dtype: storage dtype, None to keep the model's.
-    offload: keep captures in CPU memory instead of on the model's device.
+    storage: "gpu" keeps captures on the model's device, "cpu" in CPU memory, "auto" on the device while they fit
+        in a share of its free memory (FeatureStore).
     stop_after_last_block: end each forward after the deepest chosen block
         (the extraction path; a generation must run whole).
     """
@@ -31,8 +33,74 @@ class CaptureRequest:
     sigma_range: tuple[float, float] | None = None
     branches: tuple[str, ...] = ("cond",)
     dtype: torch.dtype | None = None
-    offload: bool = False
+    storage: str = "gpu"
     stop_after_last_block: bool = False
+
+
+class FeatureStore:
+    """Where captured q/k are kept, in the storage dtype.
+
+    The dtype conversion happens where the model computes. Copies to CPU memory
+    from a GPU go to pinned buffers on a side stream, so the forward never
+    waits for them; synchronize() before the features are read. "auto" keeps
+    captures on the device while all it kept there this run fit in AUTO_SHARE
+    of the memory that was free (beyond ComfyUI's inference reserve) when the
+    run's first capture came, and puts the rest in CPU memory.
+    """
+
+    AUTO_SHARE = 0.5
+    PLACES = ("auto", "gpu", "cpu")
+
+    def __init__(self, place: str = "gpu"):
+        if place not in self.PLACES:
+            raise ValueError(f"Unknown storage {place!r}; use one of {self.PLACES}.")
+        self.place = place
+        self._stream: torch.cuda.Stream | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """A new run: nothing kept yet, the free memory measured again at its first capture."""
+        self.kept = {"device": 0, "cpu": 0}  # bytes
+        self.budget: int | None = None
+
+    def keep(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A copy of `tensor` in `dtype`, contiguous, where this store keeps it."""
+        staged = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
+        staged.copy_(tensor)
+        if not self._offloads(staged):
+            self.kept["device" if staged.device.type != "cpu" else "cpu"] += staged.nbytes
+            return staged
+        self.kept["cpu"] += staged.nbytes
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(staged.device)
+        kept = torch.empty(staged.shape, dtype=dtype, pin_memory=True)
+        self._stream.wait_stream(torch.cuda.current_stream(staged.device))
+        with torch.cuda.stream(self._stream):
+            kept.copy_(staged, non_blocking=True)
+        staged.record_stream(self._stream)  # its memory is not reused before the copy is done
+        return kept
+
+    def _offloads(self, staged: torch.Tensor) -> bool:
+        if staged.device.type != "cuda" or self.place == "gpu":
+            return False
+        if self.place == "cpu":
+            return True
+        if self.budget is None:
+            free = comfy.model_management.get_free_memory(staged.device)
+            self.budget = int(self.AUTO_SHARE * max(0, free - comfy.model_management.minimum_inference_memory()))
+        return self.kept["device"] + staged.nbytes > self.budget
+
+    def synchronize(self) -> None:
+        """Wait for the copies to CPU memory: call before the features are read."""
+        if self._stream is not None:
+            self._stream.synchronize()
+
+    def summary(self) -> str:
+        gib = lambda count: f"{count / 2**30:.2f} GiB"  # noqa: E731
+        text = f"captured q/k: {gib(self.kept['device'])} on the GPU, {gib(self.kept['cpu'])} in CPU memory"
+        if self.place == "auto" and self.budget is not None:
+            text += f" (auto: up to {gib(self.budget)} on the GPU, half its free memory)"
+        return text
 
 
 class CaptureSession(AttentionHook):
@@ -41,10 +109,13 @@ class CaptureSession(AttentionHook):
     def __init__(self, adapter, diffusion_model, blocks: list[int], request: CaptureRequest):
         super().__init__(adapter, diffusion_model, blocks)
         self.request = request
+        self.store = FeatureStore(request.storage)
         self.chunk = 0
         self.on_run_start()
 
     def on_run_start(self) -> None:
+        if self.chunk == 0:  # a new generation or extraction (an extraction's later chunks are runs of their own)
+            self.store.reset()
         # New containers, not cleared ones: features handed out earlier keep their tensors.
         self.captures: dict[CaptureKey, QK] = {}
         self.steps_run: set[int] = set()
@@ -74,7 +145,6 @@ class CaptureSession(AttentionHook):
         q, k = call.q[:, :, call.video], call.k[:, :, call.video]  # [B, H, N, D]
         heads, dim = q.shape[1], q.shape[3]
         per_cond = rows_per_cond(info.cond_or_uncond, info.batch)
-        device = torch.device("cpu") if self.request.offload else q.device
         dtype = self.request.dtype or q.dtype
         for row in range(info.batch):
             branch = BRANCH_OF_COND.get(cond_of_row(info.cond_or_uncond, info.batch, row))
@@ -83,10 +153,8 @@ class CaptureSession(AttentionHook):
             key = CaptureKey(call.block, info.step, branch, row % per_cond, self.chunk)
             if key in self.captures:  # a multi-stage sampler's later evaluation within the same step
                 continue
-            stored = [torch.empty((heads, *info.grid, dim), device=device, dtype=dtype) for _ in range(2)]
-            stored[0].copy_(q[row].reshape(heads, *info.grid, dim))
-            stored[1].copy_(k[row].reshape(heads, *info.grid, dim))
-            self.captures[key] = QK(stored[0], stored[1], info.sigma)
+            self.captures[key] = QK(self.store.keep(q[row].reshape(heads, *info.grid, dim), dtype),
+                                    self.store.keep(k[row].reshape(heads, *info.grid, dim), dtype), info.sigma)
 
     def missing(self) -> str | None:
         """Why nothing (or not everything asked for) was captured, or None when all is there."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ditcorr import DitFeatures, latent_frame_positions, point_cost_over_video, render_heatmaps, source_frame_count
 from .adapters import supported_names
 from .capture import CaptureSession
 from .extract import VideoExtraction, extraction_inputs
 from .vocabulary import (BRANCH_CHOICES, CATEGORY, DitCaptureType, DitFeaturesType, blocks_tooltip, capture_request,
-                         model_and_adapter, model_blocks, storage_inputs)
+                         compute_window, model_and_adapter, model_blocks, storage_inputs)
 
 
 @dataclass
@@ -83,6 +83,7 @@ class CapturedFeatures(io.ComfyNode):
         problem = session.missing()
         if problem is not None:
             raise RuntimeError(problem)
+        session.store.synchronize()
         temporal, spatial = capture.vae_ratios
         tokens_t = next(iter(session.captures.values())).q.shape[1]
         samples = latent["samples"]
@@ -92,8 +93,9 @@ class CapturedFeatures(io.ComfyNode):
             chunk_frames=[latent_frame_positions(tokens_t, temporal)],
             model=session.adapter.name,
             captures=dict(session.captures),
+            storage=session.store.summary(),
         )
-        return io.NodeOutput(features)
+        return io.NodeOutput(features, ui=ui.PreviewText(features.storage))
 
 
 class ExtractVideoFeatures(io.ComfyNode):
@@ -126,7 +128,8 @@ class ExtractVideoFeatures(io.ComfyNode):
         model_blocks(blocks, "read", model)  # an unsupported model or unreadable blocks: refused before encoding
         extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
         latent, positions = extraction.encode(vae, images)
-        return io.NodeOutput(extraction.extract(model, latent, positions, images, conditioning, reference_frame))
+        features = extraction.extract(model, latent, positions, images, conditioning, reference_frame)
+        return io.NodeOutput(features, ui=ui.PreviewText(features.storage))
 
 
 class AttentionMap(io.ComfyNode):
@@ -167,7 +170,7 @@ class AttentionMap(io.ComfyNode):
             raise ValueError(f"query_frame {query_frame} is outside the video's {features.frame_count} frames.")
         chunks = features.select(None if block < 0 else block, None if step < 0 else step, branch, sample)
         point = torch.tensor([[2 * (x + 0.5) / width - 1, 2 * (y + 0.5) / height - 1]])
-        positions, maps = point_cost_over_video(chunks, float(query_frame), point, temperature or None)
+        positions, maps = point_cost_over_video(chunks, float(query_frame), point, temperature or None, compute_window())
         maps = maps[:, 0]  # one query point
         if images is None:
             return io.NodeOutput(render_heatmaps(maps, (height, width)))

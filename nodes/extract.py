@@ -96,6 +96,8 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
             raise RuntimeError(problem)
         features.captures.update(session.captures)
         on_chunk()
+    session.store.synchronize()
+    features.storage = session.store.summary()
     return features
 
 

@@ -12,7 +12,8 @@ from ..ditcorr.draw import draw_tracks, point_masks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
 from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
 from .extract import VideoExtraction, extraction_inputs, progress_step
-from .vocabulary import AUTO_BLOCKS, CATEGORY, DitFeaturesType, model_blocks, resolve_blocks, storage_inputs
+from .vocabulary import (AUTO_BLOCKS, CATEGORY, DitFeaturesType, compute_window, model_blocks, resolve_blocks,
+                         storage_inputs)
 
 POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
                   '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
@@ -56,7 +57,7 @@ class TrackPoints(io.ComfyNode):
                                tooltip="Softmax temperature of q·k/τ; 0 = √(head dim)."),
                 *extraction_inputs(f" With features: which captured blocks to fuse ('auto' = {AUTO_BLOCKS['fuse']}).",
                                    when="When extracting: "),
-                *storage_inputs("gpu", "Track Points releases its features right after tracking, so GPU is its default."),
+                *storage_inputs(),
                 DitFeaturesType.Input("features", optional=True, tooltip="Features to track with (from Extract Features)."),
                 io.Model.Input("model", optional=True, tooltip="Without features: the video DiT to extract features with."),
                 io.Vae.Input("vae", optional=True, tooltip="Without features: the model's VAE."),
@@ -93,7 +94,8 @@ class TrackPoints(io.ComfyNode):
         if features is not None:
             fused = resolve_blocks(blocks, "fuse", features.blocks())
             bar = comfy.utils.ProgressBar(len({p for frames in features.chunk_frames for p in frames}) * len(groups))
-            tracks = track_points(features.select_many(fused), queries, frame_size, frame_count, settings, progress_step(bar))
+            tracks = track_points(features.select_many(fused), queries, frame_size, frame_count, settings, progress_step(bar),
+                                  compute_window())
         else:
             model_blocks(blocks, "read", model)  # an unsupported model or unreadable blocks: refused before encoding
             extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
@@ -104,7 +106,7 @@ class TrackPoints(io.ComfyNode):
                 extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
                 bar = comfy.utils.ProgressBar(len(positions))
                 parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
-                                                 settings, progress_step(bar))))
+                                                 settings, progress_step(bar), compute_window())))
                 extracted.release()
             tracks = merge(parts, queries.shape[0])
         radius = max(2.0, min(frame_size) / 90)

@@ -2,19 +2,19 @@
 block choice, and reading widget values into core arguments with messages that say what to change."""
 from __future__ import annotations
 
+import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..ditcorr import parse_indices
+from ..ditcorr import DeviceWindow, parse_indices
 from .adapters import Adapter, adapter_for
-from .capture import CaptureRequest
+from .capture import CaptureRequest, FeatureStore
 
 CATEGORY = "DiffTrack"
 DitFeaturesType = io.Custom("DIT_FEATURES")  # difftrack_pack.ditcorr.DitFeatures
 DitCaptureType = io.Custom("DIT_CAPTURE")  # capture_nodes.CaptureHandle
 
 STORAGE_DTYPES = {"model": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-STORAGE_PLACES = ("cpu", "gpu")
 BRANCH_CHOICES = {"cond": ("cond",), "uncond": ("uncond",), "both": ("cond", "uncond")}
 
 # What `auto` means for each purpose a node chooses blocks for ('all' is every available block for any purpose).
@@ -63,15 +63,24 @@ def model_blocks(text: str, purpose: str, model) -> list[int]:
     return resolve_blocks(text, purpose, list(range(adapter.block_count(diffusion_model))))
 
 
-def storage_inputs(place: str = "cpu", why: str = "") -> list:
+def storage_inputs() -> list:
     """Where and in which precision captured q/k are kept."""
     return [
         io.Combo.Input("storage_dtype", options=list(STORAGE_DTYPES), default="model",
                        tooltip="Storage precision of captured q/k; 'model' keeps the model's own dtype (exact)."),
-        io.Combo.Input("storage", options=list(STORAGE_PLACES), default=place,
-                       tooltip="Keep captured q/k on the GPU (fastest) or in CPU memory (saves VRAM for long captures)."
-                               + (" " + why if why else "")),
+        io.Combo.Input("storage", options=list(FeatureStore.PLACES), default="auto",
+                       tooltip="Where captured q/k are kept. gpu: VRAM, no copies. cpu: CPU memory, copied in the "
+                               "background while the model runs and streamed back to the GPU a chunk at a time when "
+                               "read (a few percent slower, VRAM stays free for long videos). auto: the GPU while "
+                               "they fit in half of its free memory, the rest in CPU memory; the node says what it "
+                               "chose."),
     ]
+
+
+def compute_window():
+    """Where nodes compute on features: the device ComfyUI runs models on, features streamed there a chunk at a time
+    (a hook for tests: on a CPU-only machine they make it copy so the streaming path runs)."""
+    return DeviceWindow(comfy.model_management.get_torch_device())
 
 
 def capture_request(steps: str, sigma_low: float, sigma_high: float, branches: str, dtype: str,
@@ -83,5 +92,5 @@ def capture_request(steps: str, sigma_low: float, sigma_high: float, branches: s
         sigma_range=(sigma_low, sigma_high),
         branches=BRANCH_CHOICES[branches],
         dtype=STORAGE_DTYPES[dtype],
-        offload=storage == "cpu",
+        storage=storage,
     )

@@ -22,13 +22,16 @@ def run(script: str, *args: str) -> dict:
 
 @pytest.mark.parametrize("script, args, keys", [
     ("capture.py", (), {"plain_s", "capture_s", "overhead_ratio", "extract_s", "extract_ratio", "captured_bytes"}),
-    ("track.py", ("--points", "40", "--frames", "9", "--repeats", "1"), {"forward_s", "track_s", "track_to_forward_ratio"}),
+    ("track.py", ("--points", "40", "--frames", "9", "--repeats", "1", "--storage", "gpu,cpu,auto"),
+     {"forward_s", "track_s", "track_to_forward_ratio", "tracks_equal"}),
     ("cag.py", ("--repeats", "1"), {"cfg_step_s", "naive_cag_step_s", "cag_step_s", "max_abs_diff_vs_naive"}),
 ])
 def test_benchmark_prints_its_json_line(script, args, keys):
     out = run(script, *args)
     assert keys <= set(out) and out["device"] == "cpu" and out["model"] == "wan2.1-tiny"
     if script == "capture.py":  # one block of 5 x 8 x 8 tokens (2 heads x 128), q and k, float32
-        assert out["captured_bytes"] == 2 * 2 * 5 * 8 * 8 * 128 * 4
+        assert out["captured_bytes"] == 2 * 2 * 5 * 8 * 8 * 128 * 4 and sorted(out["by_storage"]) == ["cpu", "gpu"]
+    if script == "track.py":  # the storage of the features does not change the tracks
+        assert out["tracks_equal"] is True and sorted(out["by_storage"]) == ["auto", "cpu", "gpu"]
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4

@@ -125,3 +125,38 @@ def test_draw_and_save(video):
     assert npz["tracks"].shape == (2, FRAMES, 2) and npz["occluded"].shape == (2, FRAMES)
     assert len(json.loads(files["json"].read_text())) == 2
     assert files["csv"].read_text().count("\n") == 1 + 2 * FRAMES
+
+
+def test_storage_and_streaming_change_no_track_and_no_map(video, monkeypatch):
+    """Features kept on the GPU, in CPU memory or by `auto` give the same tracks and attention maps, also when the
+    nodes stream them to a compute device a chunk at a time (on a CPU-only machine the window is made to copy)."""
+    from difftrack_pack.ditcorr import DeviceWindow
+    from difftrack_pack.nodes import capture_nodes, track_nodes
+    from difftrack_pack.nodes.capture_nodes import AttentionMap
+
+    model, vae, images = video
+    windows = []
+
+    def copying_window():
+        windows.append(DeviceWindow("cpu", capacity=1, always_copy=True))
+        return windows[-1]
+
+    def run_all(storage):
+        (features,) = run_node(ExtractVideoFeatures, model=model, vae=vae, images=images, blocks="1, 2",
+                               frames_per_chunk=4, storage=storage).args
+        tracks, _, _ = track("[[20, 30], [40, 10], [5, 60]]", features=features)  # frame 0: in every chunk
+        extracted, _, _ = track(model=model, vae=vae, images=images, storage=storage)
+        (maps,) = run_node(AttentionMap, features=features, x=20, y=40, query_frame=0).args
+        return tracks, extracted, maps, features.storage
+
+    reference = run_all("gpu")
+    assert reference[3].startswith("captured q/k: 0.00 GiB on the GPU")  # a CPU-only host keeps them in CPU memory
+    monkeypatch.setattr(track_nodes, "compute_window", copying_window)
+    monkeypatch.setattr(capture_nodes, "compute_window", copying_window)
+    for storage in ("gpu", "cpu", "auto"):
+        tracks, extracted, maps, _ = run_all(storage)
+        for got, expected in ((tracks, reference[0]), (extracted, reference[1])):
+            assert torch.equal(got["track_path"], expected["track_path"])
+            assert torch.equal(got["track_visibility"], expected["track_visibility"])
+        assert torch.equal(maps, reference[2])
+    assert windows and all(window.copies > 0 for window in windows)
