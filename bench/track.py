@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 
 import torch
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--storage", default="gpu,cpu", help="comma-separated feature storages: gpu, cpu, auto")
+    parser.add_argument("--profile", action="store_true", help="also print where tracking spends its time (stderr)")
     args = parser.parse_args()
     run = bench.random_model_run(args, SIZES)
 
@@ -53,11 +55,17 @@ def main() -> None:
                                        conditioning, [block], 0.1, frames_per_chunk=13,
                                        request=CaptureRequest(storage=storage))
 
-        window = DeviceWindow(args.device)
         features = extract()  # warm-up
+        # A fresh window per call, as each Track Points run makes: its first chunk's copy is part of the cost.
         track = lambda: track_points(features.select_many(), queries, frame_size, args.frames,  # noqa: E731
-                                     TrackSettings(), device_window=window)
+                                     TrackSettings(), device_window=DeviceWindow(args.device))
         track()  # warm-up
+        if args.profile:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as profile:
+                run.timed(track)
+            print(f"--- tracking, {storage} storage ---", profile.key_averages().table(
+                sort_by="cuda_time_total" if run.cuda else "cpu_time_total", row_limit=25), sep="\n", file=sys.stderr)
         forward_times, track_times = [], []
         for _ in range(args.repeats):
             seconds, features = run.timed(extract)
