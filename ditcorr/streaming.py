@@ -6,11 +6,14 @@ live: on the CPU, a hundred times slower than the GPU the model runs on. A
 holds at most `capacity` of them there (the chunk in use and the next one,
 prefetched while the current one computes), and drops the oldest: extra device
 memory is bounded by the window, not by the video's length. On CUDA, copies
-from pinned memory run on a side stream and overlap the computation.
+from pinned memory run on a side stream and overlap the computation; a dropped
+chunk's memory is only free once the kernels queued on it have run, so the
+host waits for those of the oldest dropped chunk before it lets more than
+`capacity` dropped chunks pile up behind the queue.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import torch
 
@@ -27,10 +30,14 @@ class DeviceWindow:
         if capacity < 1:
             raise ValueError("A device window holds at least one chunk.")
         self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type == "cuda" and self.device.index is None:
+            # "cuda" and "cuda:0" differ as torch.device values: without an index, chunks already there would be copied.
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.capacity = capacity
         self.always_copy = always_copy
         self._resident: OrderedDict[int, tuple[QK, torch.cuda.Event | None]] = OrderedDict()
         self._stream = torch.cuda.Stream(self.device) if self.device is not None and self.device.type == "cuda" else None
+        self._dropped: deque[torch.cuda.Event] = deque()  # when the kernels queued on each dropped chunk are done
         self.copies = 0  # chunks copied so far
         self.most_resident = 0  # the most chunks held at once
 
@@ -61,6 +68,10 @@ class DeviceWindow:
     def _load(self, qk: QK) -> None:
         while len(self._resident) >= self.capacity:
             self._resident.popitem(last=False)
+            if self._stream is not None:
+                self._dropped.append(torch.cuda.current_stream(self.device).record_event())
+                if len(self._dropped) > self.capacity:
+                    self._dropped.popleft().synchronize()
         if self._stream is not None:
             self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the source may still be written
             with torch.cuda.stream(self._stream):
@@ -76,3 +87,4 @@ class DeviceWindow:
 
     def clear(self) -> None:
         self._resident.clear()
+        self._dropped.clear()

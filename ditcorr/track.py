@@ -43,7 +43,7 @@ class TrackSettings:
     cycle_tolerance: float = 1.0  # tokens a point may miss its start when tracked back
     min_confidence: float = 3.0  # cost peak over a flat map (1.0) below which a point counts as occluded
     point_batch: int = 1024  # query rows per cost computation
-    memory_budget: int = 5 * 2**27  # bytes of cost maps per batched computation (frame pairs x heads x rows x tokens)
+    memory_budget: int = 5 * 2**26  # bytes of float32 cost maps per batched computation (pairs x heads x rows x tokens)
 
 
 def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,8 +142,8 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
     to_unit = torch.tensor([2.0 / width, 2.0 / height], device=device)  # pixels -> [-1, 1] frame coordinates
 
     heads, _, h, w, _ = first.q.shape
-    # Logits and their softmax both live at once: two float32 [pairs, heads, points, tokens] tensors.
-    pairs_per_call = max(1, settings.memory_budget // (2 * 4 * heads * min(n, settings.point_batch) * h * w))
+    # One float32 [pairs, heads, points, tokens] tensor: logits, turned into their softmax in place.
+    pairs_per_call = max(1, settings.memory_budget // (4 * heads * min(n, settings.point_batch) * h * w))
     for query_frame in frame.unique().tolist():
         anchor = min(positions, key=lambda p: abs(p - query_frame))
         # Target frames with the same holding chunks are computed together, a batch of frame pairs per call.

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from difftrack_pack.ditcorr import QK, point_cost, point_cost_over_video, sample_tokens
-from difftrack_pack.ditcorr.cost import backward_rows, forward_rows, pair_costs
+from difftrack_pack.ditcorr.cost import backward_rows, forward_rows, pair_costs, softmax_
 
 
 def full_cost_volume(qk: QK, source: int, target: int, tau: float) -> torch.Tensor:
@@ -19,6 +19,15 @@ def full_cost_volume(qk: QK, source: int, target: int, tau: float) -> torch.Tens
 
 def token_centres(h, w, rows, cols):
     return torch.tensor([[2 * (c + 0.5) / w - 1, 2 * (r + 0.5) / h - 1] for r, c in zip(rows, cols)])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 30), (1, 12, 5, 1560), (3, 4, 2, 4096)])
+def test_softmax_over_its_logits_equals_torch_softmax(shape):
+    logits = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape))) * 4
+    expected = torch.softmax(logits, dim=-1)
+    result = softmax_(logits)
+    assert result.data_ptr() == logits.data_ptr()  # no second tensor
+    assert torch.equal(result, expected)
 
 
 @pytest.mark.parametrize("seed", range(4))
