@@ -34,7 +34,8 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     from difftrack_pack.ditcorr.synthetic import make_clip
     from difftrack_pack.ditcorr.track import TrackSettings, nearest_neighbour_tracks, track_points
     from difftrack_pack.nodes.adapters import adapter_for
-    from difftrack_pack.nodes.extract import encode_frames, extract_from_latent
+    from difftrack_pack.nodes.encoding import encode_frames
+    from difftrack_pack.nodes.extract import extract_from_latent
 
     model = comfy.sd.load_diffusion_model(unet)
     autoencoder = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae))

@@ -11,35 +11,10 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io
 
-from ..ditcorr import DitFeatures, latent_frame_positions, plan_chunks
+from ..ditcorr import DitFeatures, plan_chunks
 from .capture import CaptureRequest, CaptureSession, ForwardStopped
+from .encoding import ENCODINGS, encode_with_progress
 from .vocabulary import blocks_tooltip, capture_request, model_and_adapter, model_blocks
-
-ENCODINGS = ("per_frame", "native")
-
-
-def encode_frames(vae, images: torch.Tensor, encoding: str,
-                  on_frame: Callable[[], None] = lambda: None) -> tuple[torch.Tensor, tuple[float, ...]]:
-    """Latent of a video and the source-frame position of each latent frame.
-
-    images: [F, H, W, 3] in [0, 1]. "per_frame" encodes every frame alone as a
-    one-frame video, so latent frame i is source frame i (DiffTrack); "native"
-    encodes the whole clip with the VAE's temporal compression.
-    Returns ([1, C, T, h, w], positions of the T latent frames).
-    """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"Unknown encoding {encoding!r}; use one of {ENCODINGS}.")
-    if encoding == "native":
-        latent = vae.encode(images[..., :3])
-        on_frame()
-        ratio = max(1, round((images.shape[0] - 1) / max(latent.shape[2] - 1, 1)))
-        return latent, latent_frame_positions(latent.shape[2], ratio)
-    frames = []
-    for index in range(images.shape[0]):
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        frames.append(vae.encode(images[index:index + 1, ..., :3]))
-        on_frame()
-    return torch.cat(frames, dim=2), tuple(float(i) for i in range(images.shape[0]))
 
 
 def single_forward(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -107,12 +82,6 @@ def progress_step(bar: comfy.utils.ProgressBar) -> Callable[[], None]:
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update(1)
     return step
-
-
-def encode_with_progress(vae, images: torch.Tensor, encoding: str) -> tuple[torch.Tensor, tuple[float, ...]]:
-    """encode_frames with a progress bar (one step per frame, or one for the native encoding)."""
-    bar = comfy.utils.ProgressBar(images.shape[0] if encoding == "per_frame" else 1)
-    return encode_frames(vae, images, encoding, on_frame=progress_step(bar))
 
 
 def extract_with_progress(patcher, latent: torch.Tensor, positions: tuple[float, ...], images: torch.Tensor,

@@ -1,5 +1,6 @@
 """The GPU benchmarks run as documented at their tiny size on the CPU and print one JSON line each, with the
-invariants they exist to show (capture keeps what it should; prefix-reuse CAG equals the naive pass)."""
+invariants they exist to show (capture keeps what it should; prefix-reuse CAG equals the naive pass; the tracks and
+the encodings' frame counts do not depend on how they were computed)."""
 import json
 import os
 import subprocess
@@ -24,6 +25,8 @@ def run(script: str, *args: str) -> dict:
     ("capture.py", (), {"plain_s", "capture_s", "overhead_ratio", "extract_s", "extract_ratio", "captured_bytes"}),
     ("track.py", ("--points", "40", "--frames", "9", "--repeats", "1", "--storage", "gpu,cpu,auto"),
      {"forward_s", "track_s", "track_to_forward_ratio", "tracks_equal"}),
+    ("extract_e2e.py", ("--frames", "9", "--points", "40", "--repeats", "1", "--sweep", "1,4"),
+     {"encode_s", "forward_s", "track_s", "total_s", "native", "one_call_per_frame_encode_s", "batched_3d_encode_s"}),
     ("cag.py", ("--repeats", "1"), {"cfg_step_s", "naive_cag_step_s", "cag_step_s", "max_abs_diff_vs_naive"}),
 ])
 def test_benchmark_prints_its_json_line(script, args, keys):
@@ -33,5 +36,8 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["captured_bytes"] == 2 * 2 * 5 * 8 * 8 * 128 * 4 and sorted(out["by_storage"]) == ["cpu", "gpu"]
     if script == "track.py":  # the storage of the features does not change the tracks
         assert out["tracks_equal"] is True and sorted(out["by_storage"]) == ["auto", "cpu", "gpu"]
+    if script == "extract_e2e.py":  # per-frame: a latent frame per frame; native: Wan's 4x temporal compression
+        assert out["latent_frames"] == 9 and out["native"]["latent_frames"] == 3
+        assert out["total_s"] >= out["encode_s"] > 0 and sorted(out["encode_s_by_max_batch"]) == ["1", "4"]
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
