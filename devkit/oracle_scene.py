@@ -76,6 +76,19 @@ class Scene:
         q = torch.stack(frames, dim=1) * self.scale
         return QK(q, q.clone(), 0.05)
 
+    def render(self) -> torch.Tensor:
+        """The frames [T, H, W, 3] in [0, 1]: every pixel the colour of the surface point it shows (a smooth texture
+        of its own per layer), so appearance follows the same ground truth as the descriptors."""
+        height, width = self.frame_size
+        ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+        frequency = torch.tensor([[0.21, 0.13], [-0.17, 0.23], [0.11, -0.19]])  # per colour channel, cycles a pixel
+        frames = []
+        for t in range(self.frames):
+            layer, u, v = self.surface(xs.flatten(), ys.flatten(), float(t))
+            phase = (torch.stack([u, v], -1) @ frequency.T) + layer[:, None] * 2.1  # [HW, 3]
+            frames.append((0.5 + 0.4 * torch.sin(phase)).reshape(height, width, 3))
+        return torch.stack(frames)
+
     def truth(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact tracks [T, N, 2] and visibility [T, N] of (x, y, frame) queries."""
         layer, u, v = self.surface(queries[:, 0], queries[:, 1], queries[:, 2])

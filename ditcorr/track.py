@@ -28,11 +28,13 @@ READOUTS = ("argmax", "refined")
 
 @dataclass
 class Tracks:
-    """path: [T, N, 2] (x, y) pixels; visible: [T, N] bool; confidence: [T, N] peak cost over a flat map."""
+    """path: [T, N, 2] (x, y) pixels; visible: [T, N] bool; confidence: [T, N] peak cost over a flat map;
+    cycle_error: [T, N] tokens by which tracking the found point back misses the query (0 on the query frame)."""
 
     path: torch.Tensor
     visible: torch.Tensor
     confidence: torch.Tensor
+    cycle_error: torch.Tensor
 
 
 @dataclass
@@ -136,6 +138,7 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
     path = torch.zeros(len(positions), n, 2, device=device)
     confidence = torch.zeros(len(positions), n, device=device)
     visible = torch.zeros(len(positions), n, dtype=torch.bool, device=device)
+    cycle_error = torch.zeros(len(positions), n, device=device)
     flat = 1.0 / (grid[0] * grid[1])
     # Built once: a tensor made from Python numbers inside the loop would stall the GPU queue every frame.
     token_size = torch.tensor([width / grid[1], height / grid[0]], device=device)  # pixels per token (x, y)
@@ -188,10 +191,11 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
                 peak = peak.view(pairs, -1) / flat
                 path[slots, rows[None]] = found_px
                 confidence[slots, rows[None]] = peak
+                cycle_error[slots, rows[None]] = miss
                 visible[slots, rows[None]] = (miss <= settings.cycle_tolerance) & (peak >= settings.min_confidence)
                 for _ in range(pairs):
                     on_frame()
-    return positions, Tracks(path, visible, confidence)
+    return positions, Tracks(path, visible, confidence, cycle_error)
 
 
 def _to_source_frames(positions: list[float], tracks: Tracks, queries: torch.Tensor, frame_count: int) -> Tracks:
@@ -217,8 +221,9 @@ def _to_source_frames(positions: list[float], tracks: Tracks, queries: torch.Ten
     on_query = queries[:, 2].round().long().to(device)
     path = path + (queries[:, :2].to(device) - path[on_query, columns])[None]
     visible, confidence = tracks.visible[nearest].clone(), tracks.confidence[nearest]
-    visible[on_query, columns] = True
-    return Tracks(path, visible, confidence)
+    cycle_error = tracks.cycle_error[nearest].clone()
+    visible[on_query, columns], cycle_error[on_query, columns] = True, 0.0
+    return Tracks(path, visible, confidence, cycle_error)
 
 
 def nearest_neighbour_tracks(features: torch.Tensor, queries: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from comfy_api.latest import io, ui
 
 from ..ditcorr import DitFeatures, latent_frame_positions, point_cost_over_video, render_heatmaps, source_frame_count
 from .adapters import supported_names
+from .analysis import with_best_block
 from .capture import CaptureSession
 from .extract import VideoExtraction, extraction_inputs
 from .vocabulary import (BRANCH_CHOICES, CATEGORY, DitCaptureType, DitFeaturesType, blocks_tooltip, capture_request,
@@ -125,11 +126,12 @@ class ExtractVideoFeatures(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, images, blocks, sigma, seed, encoding, frames_per_chunk, reference_frame,
                 storage_dtype, storage, conditioning=None) -> io.NodeOutput:
-        model_blocks(blocks, "read", model)  # an unsupported model or unreadable blocks: refused before encoding
+        model_blocks(blocks, "read", model, best=True)  # an unsupported model or unreadable blocks: refused first
         extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
         latent, positions = extraction.encode(vae, images)
+        extraction, chosen = with_best_block(extraction, model, latent, positions, images, conditioning)
         features = extraction.extract(model, latent, positions, images, conditioning, reference_frame)
-        return io.NodeOutput(features, ui=ui.PreviewText(features.storage))
+        return io.NodeOutput(features, ui=ui.PreviewText("\n".join(filter(None, [chosen, features.storage]))))
 
 
 class AttentionMap(io.ComfyNode):

@@ -3,6 +3,7 @@ from typing_extensions import override
 
 from comfy_api.latest import ComfyExtension, io
 
+from .analysis_nodes import NODES as ANALYSIS_NODES
 from .cag_nodes import NODES as CAG_NODES
 from .capture_nodes import NODES as CAPTURE_NODES
 from .track_nodes import NODES as TRACK_NODES
@@ -11,4 +12,4 @@ from .track_nodes import NODES as TRACK_NODES
 class DiffTrackExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*CAPTURE_NODES, *TRACK_NODES, *CAG_NODES]
+        return [*CAPTURE_NODES, *TRACK_NODES, *ANALYSIS_NODES, *CAG_NODES]

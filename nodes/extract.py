@@ -100,7 +100,8 @@ def extraction_inputs(blocks_help: str = "", when: str = "") -> list:
     `blocks_help` is appended to the blocks tooltip, `when` put before the others ("When extracting: ")."""
     return [
         io.String.Input("blocks", default="auto",
-                        tooltip=blocks_tooltip("Blocks whose self-attention q/k are read", "read") + blocks_help),
+                        tooltip=blocks_tooltip("Blocks whose self-attention q/k are read", "read", best=True)
+                        + blocks_help),
         io.Float.Input("sigma", default=0.1, min=0.001, max=1.0, step=0.001,
                        tooltip=when + "Noise level of the forward (flow models; timestep = 1000·σ). 0.02-0.2 works "
                                       "best: low enough to keep the content, high enough to be in-distribution."),

@@ -11,9 +11,10 @@ from comfy_api.latest import io, ui
 from ..ditcorr.draw import draw_tracks, point_masks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
 from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
+from .analysis import choose_captured_block, with_best_block
 from .extract import VideoExtraction, extraction_inputs, progress_step
 from .vocabulary import (AUTO_BLOCKS, CATEGORY, DitFeaturesType, compute_window, model_blocks, resolve_blocks,
-                         storage_inputs)
+                         storage_inputs, wants_best)
 
 POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
                   '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
@@ -22,10 +23,12 @@ POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 
 def merge(parts: list[tuple[torch.Tensor, Tracks]], count: int) -> Tracks:
     """Tracks of query subsets (row indices, Tracks) back in the original query order."""
     frames = parts[0][1].path.shape[0]
-    path, visible, confidence = torch.zeros(frames, count, 2), torch.zeros(frames, count, dtype=torch.bool), torch.zeros(frames, count)
+    merged = Tracks(torch.zeros(frames, count, 2), torch.zeros(frames, count, dtype=torch.bool),
+                    torch.zeros(frames, count), torch.zeros(frames, count))
     for rows, tracks in parts:
-        path[:, rows], visible[:, rows], confidence[:, rows] = tracks.path.cpu(), tracks.visible.cpu(), tracks.confidence.cpu()
-    return Tracks(path, visible, confidence)
+        for name in ("path", "visible", "confidence", "cycle_error"):
+            getattr(merged, name)[:, rows] = getattr(tracks, name).cpu()
+    return merged
 
 
 class TrackPoints(io.ComfyNode):
@@ -55,7 +58,8 @@ class TrackPoints(io.ComfyNode):
                                tooltip="A point is occluded when its cost peak is lower than this many times a flat map."),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=1000.0, step=0.01,
                                tooltip="Softmax temperature of q·k/τ; 0 = √(head dim)."),
-                *extraction_inputs(f" With features: which captured blocks to fuse ('auto' = {AUTO_BLOCKS['fuse']}).",
+                *extraction_inputs(f" With features: which captured blocks to fuse ('auto' = {AUTO_BLOCKS['fuse']}; "
+                                   "'best' = the captured block with the best label-free score).",
                                    when="When extracting: "),
                 *storage_inputs(),
                 DitFeaturesType.Input("features", optional=True, tooltip="Features to track with (from Extract Features)."),
@@ -91,15 +95,23 @@ class TrackPoints(io.ComfyNode):
                                  cycle_tolerance=cycle_tolerance, min_confidence=min_confidence)
         groups = [(frame, (queries[:, 2] == frame).nonzero()[:, 0]) for frame in queries[:, 2].unique().tolist()]
 
+        chosen = ""
         if features is not None:
-            fused = resolve_blocks(blocks, "fuse", features.blocks())
+            if wants_best(blocks):
+                if images is None:
+                    raise ValueError("blocks 'best' scores the captured blocks on the video: connect the images.")
+                block, chosen = choose_captured_block(features, images, settings)
+                blocks = str(block)
+            used = resolve_blocks(blocks, "fuse", features.blocks())
             bar = comfy.utils.ProgressBar(len({p for frames in features.chunk_frames for p in frames}) * len(groups))
-            tracks = track_points(features.select_many(fused), queries, frame_size, frame_count, settings, progress_step(bar),
+            tracks = track_points(features.select_many(used), queries, frame_size, frame_count, settings, progress_step(bar),
                                   compute_window())
         else:
-            model_blocks(blocks, "read", model)  # an unsupported model or unreadable blocks: refused before encoding
+            model_blocks(blocks, "read", model, best=True)  # an unsupported model or unreadable blocks: refused first
             extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
             latent, positions = extraction.encode(vae, images)
+            extraction, chosen = with_best_block(extraction, model, latent, positions, images, conditioning)
+            used = model_blocks(extraction.blocks, "read", model)
             parts = []
             for frame, rows in groups:  # one extraction per query frame, with that frame in every chunk
                 reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
@@ -116,7 +128,10 @@ class TrackPoints(io.ComfyNode):
             frame = min(query_frame, images.shape[0] - 1)
             shown["difftrack_frame"] = ui.ImageSaveHelper.save_images(
                 images[frame:frame + 1], "difftrack_frame", io.FolderType.temp, cls, compress_level=1)
-        return io.NodeOutput(to_comfy_tracks(tracks), masks, tracks_to_json(tracks.path), ui=shown)
+        if chosen:
+            shown["text"] = (chosen,)
+        comfy_tracks = {**to_comfy_tracks(tracks), "difftrack_blocks": used}  # extra keys are ignored by core nodes
+        return io.NodeOutput(comfy_tracks, masks, tracks_to_json(tracks.path), ui=shown)
 
 
 class DrawTracks(io.ComfyNode):

@@ -24,27 +24,42 @@ AUTO_BLOCKS = {
     "guide": "three blocks from the middle: n/2, n/2+2, n/2+4 (Wan 1.3B: 15, 17, 19; Wan 14B: 20, 22, 24; "
              "HunyuanVideo: 10, 12, 14; DiffTrack used 13, 17, 21 of CogVideoX-2B's 30)",
     "fuse": "every captured block, fused",
+    "analyse": "every block of the model",
 }
 BLOCK_SYNTAX = "'15', '13, 17, 21' or '10-12' (0-based), 'all', or 'auto'"
+BEST_BLOCK = ("'best' = the block with the highest label-free score on this video (Correspondence Analysis at this "
+              "σ: one extra forward of 13 frames spread over the video captures every block; the node says which it "
+              "chose)")
 
 
-def blocks_tooltip(what: str, purpose: str) -> str:
-    """The tooltip of a `blocks` input: what the blocks are for, the syntax, and what `auto` means here."""
-    return f"{what}: {BLOCK_SYNTAX}. 'auto' = {AUTO_BLOCKS[purpose]}."
+def blocks_tooltip(what: str, purpose: str, best: bool = False) -> str:
+    """The tooltip of a `blocks` input: what the blocks are for, the syntax, what `auto` (and `best`, where the node
+    offers it) means here."""
+    syntax = BLOCK_SYNTAX.replace(", or 'auto'", ", 'auto' or 'best'") if best else BLOCK_SYNTAX
+    return f"{what}: {syntax}. 'auto' = {AUTO_BLOCKS[purpose]}." + (f" {BEST_BLOCK}." if best else "")
 
 
-def resolve_blocks(text: str, purpose: str, available: list[int]) -> list[int]:
+def wants_best(text: str) -> bool:
+    """Whether a `blocks` widget asks for the block the label-free score chooses."""
+    return text.strip().lower() == "best"
+
+
+def resolve_blocks(text: str, purpose: str, available: list[int], best: bool = False) -> list[int]:
     """The blocks a `blocks` widget asks for. `available`: the model's blocks (range(n)) or the captured ones.
 
-    'auto' follows AUTO_BLOCKS[purpose]; 'all' is every available block; else a list as parse_indices reads it
-    (range checks, with the model's block count, happen where the blocks are hooked or selected)."""
+    'auto' follows AUTO_BLOCKS[purpose]; 'all' is every available block, and so is 'best' (the candidates the
+    label-free score chooses among: nodes/analysis.py); else a list as parse_indices reads it (range checks, with
+    the model's block count, happen where the blocks are hooked or selected). `best`: whether this node offers it."""
     choice = text.strip().lower()
     available = sorted(available)
-    if choice == "all":
+    if choice == "best" and not best:
+        raise ValueError("blocks 'best' chooses a block by scoring it on a video; this node has none to score: name "
+                         "the blocks, use 'auto', or run Correspondence Analysis and wire its blocks in.")
+    if choice in ("all", "best"):
         return available
     if choice != "auto":
         return parse_indices(text, "block")
-    if purpose == "fuse":
+    if purpose in ("fuse", "analyse"):
         return available
     middle = len(available) // 2
     offsets = (0, 2, 4) if purpose == "guide" else (0,)
@@ -57,10 +72,10 @@ def model_and_adapter(model) -> tuple[torch.nn.Module, Adapter]:
     return diffusion_model, adapter_for(diffusion_model)
 
 
-def model_blocks(text: str, purpose: str, model) -> list[int]:
+def model_blocks(text: str, purpose: str, model, best: bool = False) -> list[int]:
     """resolve_blocks over the blocks of a MODEL."""
     diffusion_model, adapter = model_and_adapter(model)
-    return resolve_blocks(text, purpose, list(range(adapter.block_count(diffusion_model))))
+    return resolve_blocks(text, purpose, list(range(adapter.block_count(diffusion_model))), best)
 
 
 def storage_inputs() -> list:

@@ -6,15 +6,7 @@ import torch
 
 from difftrack_pack.ditcorr import QK, point_cost, point_cost_over_video, sample_tokens
 from difftrack_pack.ditcorr.cost import backward_rows, forward_rows, pair_costs, softmax_
-
-
-def full_cost_volume(qk: QK, source: int, target: int, tau: float) -> torch.Tensor:
-    """Obviously-correct reference: every token of `source` against every token of `target`, [Ms, Md]."""
-    heads, _, h, w, d = qk.q.shape
-    flat = lambda t, f: t[:, f].reshape(heads, h * w, d).double()
-    forward = torch.stack([torch.softmax(flat(qk.q, source)[i] @ flat(qk.k, target)[i].T / tau, -1) for i in range(heads)]).mean(0)
-    backward = torch.stack([torch.softmax(flat(qk.q, target)[i] @ flat(qk.k, source)[i].T / tau, -1) for i in range(heads)]).mean(0)
-    return 0.5 * (forward + backward.T)
+from difftrack_devkit.brute_force import full_cost_volume
 
 
 def token_centres(h, w, rows, cols):
