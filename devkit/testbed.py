@@ -110,7 +110,8 @@ def tiny_prompt(prompt: dict, size: int = CLIP_SIZE, frames: int = CLIP_FRAMES, 
     text encoder for Zero Conditioning, frames shrunk to size x size (the clip's), `frames` long, `steps` sampling
     steps. The WanMove model becomes the tiny Wan i2v model, its distill LoRA is bypassed and the optional CLIP
     vision input is dropped (no tiny CLIP vision model exists). With the trained models, Track Points reads the
-    block and sigma where bench/quality.py found them tracking best."""
+    block and sigma where bench/quality.py found them tracking best (unless a link, such as Correspondence
+    Analysis's choice, feeds them)."""
     prompt = json.loads(json.dumps(prompt))
     for key in [k for k, node in prompt.items() if node["class_type"] == "LoraLoaderModelOnly"]:
         bypass(prompt, key, "model")
@@ -138,7 +139,7 @@ def tiny_prompt(prompt: dict, size: int = CLIP_SIZE, frames: int = CLIP_FRAMES, 
         if kind == "DiffTrackTrackPoints":
             points = json.loads(inputs["points"])
             inputs["points"] = json.dumps([{**p, "x": p["x"] * scale_x, "y": p["y"] * scale_y} for p in points])
-            inputs.update(frames_per_chunk=5, **tracking)
+            inputs.update(frames_per_chunk=5, **{k: v for k, v in tracking.items() if not isinstance(inputs.get(k), list)})
         if kind == "DiffTrackAttentionMap":
             inputs["x"], inputs["y"] = int(inputs["x"] * scale_x), int(inputs["y"] * scale_y)
         out[key] = {"class_type": kind, "inputs": inputs}

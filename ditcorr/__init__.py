@@ -1,6 +1,8 @@
-"""Host-free core of the DiffTrack node pack: features, chunking, correspondence cost, tracking, metrics, drawing.
+"""Host-free core of the DiffTrack node pack: features, chunking, correspondence cost, tracking, correspondence
+analysis, metrics, drawing.
 
-Nothing here imports ComfyUI; it needs torch and numpy (both ship with ComfyUI).
+Nothing here imports ComfyUI; it needs torch and numpy, and Pillow for the analysis chart's text (all three ship
+with ComfyUI).
 """
 from .chunks import plan_chunks
 from .cost import point_cost, point_cost_over_video, sample_tokens

@@ -22,7 +22,7 @@ TITLES = {
     "cycle_rate": "cycle consistency (label-free)",
     "sharpness": "peak sharpness (label-free)",
     "appearance": "appearance agreement (label-free)",
-    "label_free": "label-free score (auto's choice)",
+    "label_free": "label-free score (blocks 'best' uses it)",
 }
 
 

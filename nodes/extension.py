@@ -8,8 +8,10 @@ from .cag_nodes import NODES as CAG_NODES
 from .capture_nodes import NODES as CAPTURE_NODES
 from .track_nodes import NODES as TRACK_NODES
 
+ALL_NODES: list[type[io.ComfyNode]] = [*CAPTURE_NODES, *TRACK_NODES, *ANALYSIS_NODES, *CAG_NODES]
+
 
 class DiffTrackExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*CAPTURE_NODES, *TRACK_NODES, *ANALYSIS_NODES, *CAG_NODES]
+        return list(ALL_NODES)

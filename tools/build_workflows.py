@@ -1,7 +1,7 @@
 """Writes the shipped workflows (workflows/*.json, ComfyUI's UI format) from the compact graphs below, and their
 template-browser thumbnails (workflows/*.jpg) from a real run of each.
 
-    python tools/build_workflows.py [--thumbnails]
+    python tools/build_workflows.py [--thumbnails [NAME ...]]
 
 It starts a throwaway ComfyUI server (the e2e tests' helper, ComfyUI found as
 the tests find it) and reads /object_info, so widget order, control widgets,
@@ -99,6 +99,30 @@ GRAPHS = {
         links=[*VIDEO_LINKS, ("model", 0, "track", "model"), ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"),
                ("scale", 0, "draw", "images"), ("track", 0, "draw", "tracks"), ("draw", 0, "fps", "images"),
                ("fps", 0, "save", "video"), ("track", 0, "files", "tracks")],
+    ),
+    "difftrack_correspondence_analysis_wan21": dict(
+        note=("## Which blocks of your model track? Correspondence Analysis, then tracking with its choice\n"
+              "*Correspondence Analysis* runs one forward per noise level (13 frames spread over your video, every "
+              "block captured at once) and scores every block x σ: the label-free score (cycle consistency, peak "
+              "sharpness, appearance agreement) needs no reference; connect *reference_tracks* (from another "
+              "tracker, or Track Points on a clip you trust) for DiffTrack's own accuracy, confidence and attention "
+              "score. Its heat maps show where correspondence lives; its best block and σ go straight into *Track "
+              "Points*, which draws the tracks. The table is saved as CSV in `output/difftrack/`. "
+              "Wan 2.1 T2V 1.3B at 832x480 fits 24 GB; a sweep costs about 6 plain forwards."),
+        nodes={
+            **VIDEO_NODES,
+            "analysis": ("DiffTrackCorrespondenceAnalysis", {}, (700, 0)),
+            "track": ("DiffTrackTrackPoints", {"points": '[{"x": 300, "y": 200}, {"x": 520, "y": 260}, {"x": 416, "y": 360}]'},
+                      (1100, 0)),
+            "draw": ("DiffTrackDrawTracks", {}, (1500, 0)),
+            "fps": ("CreateVideo", {"fps": 16.0}, (1840, 0)),
+            "save": ("SaveVideo", {"filename_prefix": "difftrack/analysis_tracks", **VIDEO_OUT}, (2180, 0)),
+        },
+        links=[*VIDEO_LINKS, ("model", 0, "analysis", "model"), ("vae", 0, "analysis", "vae"),
+               ("scale", 0, "analysis", "images"), ("analysis", 1, "track", "blocks"), ("analysis", 2, "track", "sigma"),
+               ("model", 0, "track", "model"), ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"),
+               ("scale", 0, "draw", "images"), ("track", 0, "draw", "tracks"), ("draw", 0, "fps", "images"),
+               ("fps", 0, "save", "video")],
     ),
     "difftrack_attention_map_wan21": dict(
         note=("## Where did this patch go? Attention maps for a clicked point\n"
@@ -221,6 +245,7 @@ def build(graph: dict, object_info: dict) -> dict:
     nodes = {"__note__": {"id": 1, "type": "MarkdownNote", "pos": [0, -420], "size": [680, 380], "flags": {}, "order": 0,
                           "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [graph["note"]],
                           "title": "Read me"}}
+    linked = {(target, name) for _, _, target, name in graph["links"]}
     for order, (key, (kind, widgets, pos)) in enumerate(graph["nodes"].items(), start=1):
         info = object_info[kind]
         unknown = set(widgets) - {name for name, spec in input_specs(info)}
@@ -232,6 +257,8 @@ def build(graph: dict, object_info: dict) -> dict:
                 values.append(widgets.get(name, default_value(spec)))
                 if len(spec) > 1 and spec[1].get("control_after_generate"):
                     values.append("fixed")
+                if (key, name) in linked:  # a widget fed by a link: its socket, as the frontend saves it
+                    inputs.append({"name": name, "type": spec[0], "widget": {"name": name}, "link": None})
             else:
                 inputs.append({"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": None})
         outputs = [{"name": name, "type": kind_, "links": [], "slot_index": slot}
@@ -294,7 +321,8 @@ def write_thumbnails(names: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--thumbnails", action="store_true", help="also run each workflow and write its thumbnail")
+    parser.add_argument("--thumbnails", nargs="*", metavar="NAME",
+                        help="also run the named workflows (none named: every one) and write their thumbnails")
     args = parser.parse_args()
     from difftrack_devkit.testbed import start_server
 
@@ -307,8 +335,8 @@ def main() -> None:
         path = REPO / "workflows" / f"{name}.json"
         path.write_text(json.dumps(build(graph, object_info), indent=1) + "\n")
         print(f"wrote {path.relative_to(REPO)}")
-    if args.thumbnails:
-        write_thumbnails(list(GRAPHS))
+    if args.thumbnails is not None:
+        write_thumbnails(args.thumbnails or list(GRAPHS))
 
 
 if __name__ == "__main__":

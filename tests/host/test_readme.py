@@ -2,11 +2,7 @@
 import re
 
 from difftrack_devkit.host import REPO
-from difftrack_pack.nodes.capture_nodes import NODES as CAPTURE_NODES
-from difftrack_pack.nodes.cag_nodes import NODES as CAG_NODES
-from difftrack_pack.nodes.track_nodes import NODES as TRACK_NODES
-
-NODES = [*CAPTURE_NODES, *TRACK_NODES, *CAG_NODES]
+from difftrack_pack.nodes.extension import ALL_NODES as NODES  # every node the pack registers
 
 
 def documented_inputs(readme: str) -> dict[str, set[str]]:
