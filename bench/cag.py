@@ -5,7 +5,9 @@
 Prints one JSON line. Each timing is one guided step at sigma 0.5 through
 ComfyUI's CFGGuider (cfg 6, cond and uncond batched): plain CFG, CAG with a
 naive third pass (the whole perturbed forward), and CAG with prefix reuse
-(the perturbed pass starts at the first chosen block). Blocks: the default
+(the perturbed pass starts at the first chosen block), and the published
+variant with prefix reuse (full-softmax mass of the own frame: a logsumexp
+over all keys per chosen block). Blocks: the default
 three from the middle third (15, 17, 19 of Wan 1.3B's 30). Medians of
 interleaved repeats; max_abs_diff_vs_naive compares the two CAG predictions.
 """
@@ -43,6 +45,7 @@ def main() -> None:
     latent = torch.randn(1, *size["latent"], generator=generator)
     guided = {reuse: CrossAttentionGuidance(adapter, diffusion_model, blocks, 1.0, "renormalised", 0.0, 1e9, reuse).patch(model)
               for reuse in (False, True)}
+    published = CrossAttentionGuidance(adapter, diffusion_model, blocks, 1.0, "published", 0.0, 1e9, True).patch(model)
 
     def step(patcher):
         guider = comfy.samplers.CFGGuider(patcher)
@@ -51,18 +54,20 @@ def main() -> None:
         return guider.sample(torch.zeros_like(latent), latent, comfy.samplers.KSAMPLER(single_forward),
                              torch.tensor([0.5, 0.0]), seed=0, disable_pbar=True)
 
-    runs = {"cfg": lambda: step(model), "naive": lambda: step(guided[False]), "cag": lambda: step(guided[True])}
+    runs = {"cfg": lambda: step(model), "naive": lambda: step(guided[False]), "cag": lambda: step(guided[True]),
+            "published": lambda: step(published)}
     outputs = {name: run.timed(timed_run)[1] for name, timed_run in runs.items()}  # warm-up; compared below
     times = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, timed_run in runs.items():
             times[name].append(run.timed(timed_run)[0])
-    cfg_s, naive_s, cag_s = (statistics.median(times[name]) for name in runs)
+    cfg_s, naive_s, cag_s, published_s = (statistics.median(times[name]) for name in runs)
     print(json.dumps({
         "model": f"wan2.1-{args.size}", "device": run.device_name, "blocks": blocks,
         "tokens": size["latent"][1] * (size["latent"][2] // 2) * (size["latent"][3] // 2),
         "cfg_step_s": round(cfg_s, 4), "naive_cag_step_s": round(naive_s, 4), "cag_step_s": round(cag_s, 4),
         "ratio_vs_cfg": round(cag_s / cfg_s, 4), "naive_ratio_vs_cfg": round(naive_s / cfg_s, 4),
+        "published_step_s": round(published_s, 4), "published_ratio_vs_cfg": round(published_s / cfg_s, 4),
         "max_abs_diff_vs_naive": float((outputs["cag"].float() - outputs["naive"].float()).abs().max()),
         "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
     }))

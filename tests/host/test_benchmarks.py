@@ -27,7 +27,10 @@ def run(script: str, *args: str) -> dict:
      {"forward_s", "track_s", "track_to_forward_ratio", "tracks_equal"}),
     ("extract_e2e.py", ("--frames", "9", "--points", "40", "--repeats", "1", "--sweep", "1,4"),
      {"encode_s", "forward_s", "track_s", "total_s", "native", "one_call_per_frame_encode_s", "batched_3d_encode_s"}),
-    ("cag.py", ("--repeats", "1"), {"cfg_step_s", "naive_cag_step_s", "cag_step_s", "max_abs_diff_vs_naive"}),
+    ("cag.py", ("--repeats", "1"), {"cfg_step_s", "naive_cag_step_s", "cag_step_s", "max_abs_diff_vs_naive",
+                                   "published_step_s", "published_ratio_vs_cfg"}),
+    ("cag_quality.py", ("--clips", "1", "--steps", "2", "--variants", "renormalised", "--blocks", "best"),
+     {"arms", "real", "seconds", "clips", "steps"}),
     ("analysis.py", ("--size", "tiny", "--frames", "9", "--repeats", "1"),
      {"sweep_s", "forward_s", "sweep_to_forward_ratio", "sweep_forwards_s", "peak_mem_gib"}),
     ("analysis.py", ("--clips", "1", "--sigmas", "0.2"),
@@ -46,6 +49,10 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["total_s"] >= out["encode_s"] > 0 and sorted(out["encode_s_by_max_batch"]) == ["1", "4"]
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
+    if script == "cag_quality.py":  # same noise for every arm; rendered clips keep their sprites on all 13 frames
+        assert sorted(out["arms"]) == ["cag_renormalised_best_1", "plain"] and out["real"]["sprite_persistence"]["mean"] == 13
+        assert all(arm["warp_error"]["low"] <= arm["warp_error"]["mean"] <= arm["warp_error"]["high"]
+                   for arm in out["arms"].values())
     if script == "analysis.py" and "grid" in out:  # the trained tiny DiT tracks with its last block only
         assert out["auto_block"] == out["best_block_by_gt"] == 7 and set(out["grid"]) == {str(b) for b in range(8)}
         assert out["auto_delta_avg"] == out["grid"]["7"]["0.2"]["delta_avg"] > 30

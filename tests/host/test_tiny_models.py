@@ -15,12 +15,12 @@ import torch
 import folder_paths
 import nodes
 from PIL import Image
-from scipy import ndimage
 
 from difftrack_bench.train_tiny import encode, load, new_dit, new_vae, normalise_latents
 from difftrack_devkit.host import REPO, find_comfyui
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 from difftrack_devkit.nodes import run_node
+from difftrack_devkit.sprites import longest_run_with_sprites
 from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.cag_nodes import ZeroConditioning
 
@@ -65,30 +65,6 @@ def test_models_load_through_stock_loaders(models):
     reconstructed = torch.cat([vae.decode(vae.encode(frame[None])) for frame in frames]).reshape(frames.shape)
     psnr = -10 * torch.log10((reconstructed - frames).pow(2).mean())
     assert psnr > 20, f"VAE reconstruction PSNR {psnr:.1f} dB"
-
-
-def outlined_sprites(frame: torch.Tensor) -> int:
-    """How many sprites a frame [256, 256, 3] shows as the training clips draw them: saturated regions of 300 px or more
-    with dark pixels around them (over 20 % of a 6-px ring; about 0.4 % of the background is that dark)."""
-    frame = frame.detach().float().clamp(0, 1)
-    brightest, darkest = frame.amax(dim=-1).numpy(), frame.amin(dim=-1).numpy()
-    saturation = brightest - darkest
-    regions, count = ndimage.label(ndimage.binary_opening(saturation > 0.45))
-    found = 0
-    for index in range(1, count + 1):
-        region = regions == index
-        ring = ndimage.binary_dilation(region, iterations=6) & ~region
-        found += int(region.sum() >= 300 and (brightest[ring] < 0.35).mean() > 0.2)
-    return found
-
-
-def longest_run_with_sprites(clip: torch.Tensor) -> int:
-    """The most consecutive frames of a clip [T, H, W, 3] that each show an outlined sprite."""
-    longest = run = 0
-    for frame in clip:
-        run = run + 1 if outlined_sprites(frame) else 0
-        longest = max(longest, run)
-    return longest
 
 
 def test_sprite_detector_sees_the_training_sprites_and_nothing_in_the_background():
