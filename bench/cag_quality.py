@@ -22,6 +22,7 @@ sampling step, and the same metrics for rendered training-style clips (`real`) f
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -66,9 +67,28 @@ def generate(model, vae, positive, seed: int, clips: int, steps: int, guidance: 
     samples = comfy_nodes.common_ksampler(guided, seed, steps, 1.0, "euler", "simple", positive, positive,
                                           latent)[0]["samples"]
     seconds = (time.perf_counter() - begin) / steps
-    videos = [torch.cat([vae.decode(samples[b, :, t][None, :, None]) for t in range(FRAMES)]).reshape(FRAMES, SIZE, SIZE, 3)
-              for b in range(clips)]  # the tiny VAE encodes and decodes single frames
-    return videos, seconds
+    frames = samples.transpose(1, 2).reshape(clips * FRAMES, -1, 1, *samples.shape[3:])  # one-frame clips
+    videos = vae.decode(frames).reshape(clips, FRAMES, SIZE, SIZE, 3)  # the tiny VAE decodes single frames
+    return list(videos), seconds
+
+
+def picture(clips: dict[str, torch.Tensor], path: str, frames=(0, 4, 8, 12), tile: int = 160) -> None:
+    """One row per arm (its name on the left), frames `frames` of its first clip across: the same noise in every row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=15)
+    label = 230
+    sheet = Image.new("RGB", (label + tile * len(frames), 24 + tile * len(clips)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for column, frame in enumerate(frames):
+        draw.text((label + column * tile + tile / 2, 4), f"frame {frame}", fill=(0, 0, 0), font=font, anchor="ma")
+    for row, (name, clip) in enumerate(clips.items()):
+        draw.text((8, 24 + row * tile + tile / 2), name.replace("cag_", "CAG ").replace("_", " "), fill=(0, 0, 0),
+                  font=font, anchor="lm")
+        for column, frame in enumerate(frames):
+            image = Image.fromarray((clip[frame].clamp(0, 1) * 255).byte().numpy()).resize((tile, tile), Image.LANCZOS)
+            sheet.paste(image, (label + column * tile, 24 + row * tile))
+    sheet.save(path, optimize=True)
 
 
 def main() -> None:
@@ -79,6 +99,7 @@ def main() -> None:
     parser.add_argument("--scales", default="1")
     parser.add_argument("--variants", default="renormalised,published")
     parser.add_argument("--blocks", default="auto,best", help="auto (the fixed default) and/or best (block 7)")
+    parser.add_argument("--picture", default="", help="also write the first clip of every arm as a PNG grid here")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
     args = parser.parse_args()
@@ -99,14 +120,18 @@ def main() -> None:
         for variant in args.variants.split(","):
             for scale in args.scales.split(","):
                 arms[f"cag_{variant}_{blocks}_{scale}"] = (float(scale), variant, chosen[blocks])
-    results = {}
+    results, first_clips = {}, {}
     begin = time.perf_counter()
     for name, guidance in arms.items():
         videos, step_s = generate(model, vae, positive, args.seed, args.clips, args.steps, guidance)
+        first_clips[name] = videos[0]
         per_clip = [clip_metrics(video) for video in videos]
         results[name] = {"seconds_per_step": round(step_s, 4),
                          **{metric: summary([m[metric] for m in per_clip]) for metric in METRICS}}
+        print(f"{name}: {time.perf_counter() - begin:.0f} s", file=sys.stderr, flush=True)
     real = [clip_metrics(make_clip(args.seed * 100_003 + i, (SIZE, SIZE), FRAMES).frames) for i in range(args.clips)]
+    if args.picture:
+        picture(first_clips, args.picture)
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,

@@ -22,13 +22,18 @@ def outlined_sprites(frame: torch.Tensor, min_area: int = 300) -> list[Sprite]:
     frame = frame.detach().float().clamp(0, 1)
     brightest, darkest = frame.amax(dim=-1).numpy(), frame.amin(dim=-1).numpy()
     regions, count = ndimage.label(ndimage.binary_opening(brightest - darkest > 0.45))
+    areas = np.bincount(regions.ravel(), minlength=count + 1)
     found = []
-    for index in range(1, count + 1):
-        region = regions == index
+    for index, box in enumerate(ndimage.find_objects(regions), start=1):
+        if box is None or areas[index] < min_area:
+            continue
+        box = tuple(slice(max(0, s.start - 7), s.stop + 7) for s in box)  # room for the 6-px ring
+        region = regions[box] == index
         ring = ndimage.binary_dilation(region, iterations=6) & ~region
-        if region.sum() >= min_area and (brightest[ring] < 0.35).mean() > 0.2:
+        if (brightest[box][ring] < 0.35).mean() > 0.2:
             ys, xs = np.nonzero(region)
-            found.append(Sprite((float(xs.mean()), float(ys.mean())), frame.numpy()[region].mean(0), int(region.sum())))
+            found.append(Sprite((float(xs.mean() + box[1].start), float(ys.mean() + box[0].start)),
+                                frame.numpy()[box][region].mean(0), int(areas[index])))
     return found
 
 
