@@ -9,8 +9,8 @@ CPU; the README's table is `--clips 16 --scales 0.5,1,2,3` on a GPU (17 arms).
 
 Each arm generates N clips of 256x256x13 from the same noise (Zero Conditioning, euler, `--steps` steps, cfg 1,
 through the pack's CAG patch on the stock KSampler) with the tiny DiT and VAE of assets/tiny_wan/; `best` is the
-block Correspondence Analysis's label-free score picks for this model (the last of its 8 blocks), `auto` the
-fixed default (n/2, n/2+2: blocks 4 and 6). Per clip (ditcorr/motion.py, with OpenCV's DIS flow):
+block Correspondence Analysis's label-free score picks for this model on a rendered clip (for the tiny DiT: the
+last of its 8 blocks), `auto` the fixed default (n/2, n/2+2: blocks 4 and 6). Per clip (ditcorr/motion.py, with OpenCV's DIS flow):
   warp_error         photometric error of each frame warped onto the previous one by the flow (lower: steadier)
   motion             mean flow magnitude, px/frame (a frozen clip has a low warp error and no motion)
   pan_speed          the background's pan (the flow's per-axis median), px/frame
@@ -72,6 +72,19 @@ def generate(model, vae, positive, seed: int, clips: int, steps: int, guidance: 
     return list(videos), seconds
 
 
+def analysed_block(model, vae, seed: int) -> int:
+    """The block Correspondence Analysis's label-free score picks for this model (blocks 'best', σ 0.2) on a rendered
+    clip of the synthetic world."""
+    from difftrack_pack.ditcorr.synthetic import make_clip
+    from difftrack_pack.nodes.analysis import choose_block
+    from difftrack_pack.nodes.encoding import encode_frames
+    from difftrack_pack.nodes.vocabulary import model_blocks
+
+    frames = make_clip(seed * 100_003 + 99_999, (SIZE, SIZE), FRAMES).frames
+    latent, positions = encode_frames(vae, frames, "per_frame")
+    return choose_block(model, latent, positions, frames, None, model_blocks("all", "analyse", model), 0.2, 0)[0]
+
+
 def picture(clips: dict[str, torch.Tensor], path: str, frames=(0, 4, 8, 12), tile: int = 160) -> None:
     """One row per arm (its name on the left), frames `frames` of its first clip across: the same noise in every row."""
     from PIL import Image, ImageDraw, ImageFont
@@ -114,7 +127,7 @@ def main() -> None:
     model = comfy.sd.load_diffusion_model(args.unet)
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(args.vae))
     positive = run_node(ZeroConditioning, model=model).args[0]
-    chosen = {"auto": "auto", "best": "7"}
+    chosen = {"auto": "auto", "best": str(analysed_block(model, vae, args.seed))}
     arms = {"plain": None}
     for blocks in args.blocks.split(","):
         for variant in args.variants.split(","):
@@ -135,7 +148,7 @@ def main() -> None:
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,
-        "clips": args.clips, "steps": args.steps, "arms": results,
+        "clips": args.clips, "steps": args.steps, "best_block": int(chosen["best"]), "arms": results,
         "real": {metric: summary([m[metric] for m in real]) for metric in METRICS},
         "seconds": round(time.perf_counter() - begin, 1),
     }))

@@ -7,8 +7,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ditcorr import DitFeatures, latent_frame_positions, point_cost_over_video, render_heatmaps, source_frame_count
+from ..ditcorr.track import TrackSettings
 from .adapters import supported_names
-from .analysis import with_best_block
+from .analysis import choose_captured_block, with_best_block
 from .capture import CaptureSession
 from .extract import VideoExtraction, extraction_inputs
 from .vocabulary import (BRANCH_CHOICES, CATEGORY, DitCaptureType, DitFeaturesType, blocks_tooltip, capture_request,
@@ -148,7 +149,9 @@ class AttentionMap(io.ComfyNode):
                 io.Int.Input("x", default=0, min=0, max=16384, tooltip="Query point, pixels from the left edge of the frame."),
                 io.Int.Input("y", default=0, min=0, max=16384, tooltip="Query point, pixels from the top edge of the frame."),
                 io.Int.Input("query_frame", default=0, min=0, max=100000, tooltip="Frame the point is on."),
-                io.Int.Input("block", default=-1, min=-1, max=1000, tooltip="Captured block to read; -1 = the first captured."),
+                io.Int.Input("block", default=-1, min=-2, max=1000,
+                             tooltip="Captured block to read; -1 = the first captured; -2 = the captured block with the "
+                                     "best label-free score on these frames (blocks 'best'; needs images)."),
                 io.Int.Input("step", default=-1, min=-1, max=10000, tooltip="Captured step to read; -1 = the first captured."),
                 io.Combo.Input("branch", options=["cond", "uncond"], default="cond", tooltip="Captured rows to read."),
                 io.Int.Input("sample", default=0, min=0, max=4096, tooltip="Batch index inside the branch."),
@@ -170,14 +173,20 @@ class AttentionMap(io.ComfyNode):
             raise ValueError(f"Point ({x}, {y}) is outside the {width}x{height} frame.")
         if not 0 <= query_frame < features.frame_count:
             raise ValueError(f"query_frame {query_frame} is outside the video's {features.frame_count} frames.")
+        chosen = ""
+        if block == -2:
+            if images is None:
+                raise ValueError("block -2 (best) scores the captured blocks on the video: connect the images.")
+            block, chosen = choose_captured_block(features, images, TrackSettings(temperature=temperature or None))
         chunks = features.select(None if block < 0 else block, None if step < 0 else step, branch, sample)
         point = torch.tensor([[2 * (x + 0.5) / width - 1, 2 * (y + 0.5) / height - 1]])
         positions, maps = point_cost_over_video(chunks, float(query_frame), point, temperature or None, compute_window())
         maps = maps[:, 0]  # one query point
+        shown = ui.PreviewText(chosen) if chosen else None
         if images is None:
-            return io.NodeOutput(render_heatmaps(maps, (height, width)))
+            return io.NodeOutput(render_heatmaps(maps, (height, width)), ui=shown)
         nearest = [min(range(len(positions)), key=lambda i: abs(positions[i] - f)) for f in range(images.shape[0])]
-        return io.NodeOutput(render_heatmaps(maps[nearest], (height, width), images[..., :3], opacity))
+        return io.NodeOutput(render_heatmaps(maps[nearest], (height, width), images[..., :3], opacity), ui=shown)
 
 
 NODES = [AttentionCapture, CapturedFeatures, ExtractVideoFeatures, AttentionMap]

@@ -11,6 +11,7 @@ import folder_paths
 import pytest
 import torch
 
+from difftrack_devkit.calls import CallCounter
 from difftrack_devkit.models import random_model, random_wan_vae
 from difftrack_devkit.nodes import run_node
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
@@ -18,7 +19,7 @@ from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.analysis import sweep
 from difftrack_pack.nodes.analysis_nodes import CorrespondenceAnalysis
 from difftrack_pack.nodes.cag_nodes import CAGModelPatch
-from difftrack_pack.nodes.capture_nodes import AttentionCapture, ExtractVideoFeatures
+from difftrack_pack.nodes.capture_nodes import AttentionCapture, AttentionMap, ExtractVideoFeatures
 from difftrack_pack.nodes.encoding import encode_frames
 from difftrack_pack.nodes.track_nodes import TrackPoints
 
@@ -37,33 +38,15 @@ def reference_tracks(points=12, seed=0) -> dict:
     return {"track_path": path, "track_visibility": torch.ones(FRAMES, points, dtype=torch.bool)}
 
 
-class BlockCalls:
-    """Counts the forwards that reach each block of a Wan model."""
-
-    def __init__(self, model):
-        blocks = model.get_model_object("diffusion_model").blocks
-        self.counts = [0] * len(blocks)
-        self.handles = [block.register_forward_pre_hook(self._counter(i)) for i, block in enumerate(blocks)]
-
-    def _counter(self, index):
-        def count(module, args):
-            self.counts[index] += 1
-        return count
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
 def test_the_node_analyses_every_cell_with_one_early_stopped_forward_per_sigma(video):
     model, vae, images = video
-    calls = BlockCalls(model)
+    calls = CallCounter(dict(enumerate(model.get_model_object("diffusion_model").blocks)))
     try:
         image, blocks, sigma, table = run_node(CorrespondenceAnalysis, images=images, model=model, vae=vae,
                                                sigmas="0.5, 0.1", blocks="0-2", grid_size=4).args
     finally:
         calls.remove()
-    assert calls.counts == [2, 2, 2, 0]  # one forward per σ (9 frames: one chunk), stopped after block 2 of 4
+    assert list(calls.counts.values()) == [2, 2, 2, 0]  # one forward per σ (9 frames: one chunk), stopped after block 2 of 4
     table = json.loads(table)
     cells = table["cells"]
     assert [(c["block"], c["sigma"]) for c in cells] == [(b, s) for s in (0.1, 0.5) for b in (0, 1, 2)]
@@ -125,6 +108,11 @@ def test_best_picks_the_block_that_tracks_in_the_trained_tiny_model(trained):
                                                              images=clip.frames, blocks="5-7", sigma=0.2).args[0],
                              images=clip.frames, points=points, blocks="best")
     assert from_features.args[0]["difftrack_blocks"] == [7]
+    x, y = (int(v) for v in clip.tracks[0, 0])
+    maps = run_node(AttentionMap, features=run_node(ExtractVideoFeatures, model=model, vae=vae, images=clip.frames,
+                                                    blocks="5-7", sigma=0.2).args[0], x=x, y=y, block=-2,
+                    images=clip.frames)
+    assert "chose block 7" in maps.ui.value and maps.args[0].shape == clip.frames.shape
 
 
 @pytest.mark.parametrize("inputs, message", [

@@ -51,6 +51,7 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["max_abs_diff_vs_naive"] <= 1e-4
     if script == "cag_quality.py":  # same noise for every arm; rendered clips keep their sprites on all 13 frames
         assert sorted(out["arms"]) == ["cag_renormalised_best_1", "plain"] and out["real"]["sprite_persistence"]["mean"] == 13
+        assert out["best_block"] == 7  # Correspondence Analysis's pick for the trained tiny DiT
         assert all(arm["warp_error"]["low"] <= arm["warp_error"]["mean"] <= arm["warp_error"]["high"]
                    for arm in out["arms"].values())
     if script == "analysis.py" and "grid" in out:  # the trained tiny DiT tracks with its last block only

@@ -11,6 +11,7 @@ import torch
 from comfy.ldm.wan import vae as wan21_vae
 from comfy.ldm.wan import vae2_2 as wan22_vae
 
+from difftrack_devkit.calls import CallCounter
 from difftrack_devkit.models import randomize_, random_wan_vae
 from difftrack_devkit.nodes import run_node
 from difftrack_devkit.testbed import TRAINED, TRAINED_VAE
@@ -87,15 +88,9 @@ def test_the_2d_path_refuses_longer_clips_and_restores_the_vae_on_errors():
     assert not any("_conv_forward" in module.__dict__ for module in model.modules())
 
 
-class EncoderCalls:
-    """Counts the VAE encoder's forwards (one per batch of frames)."""
-
-    def __init__(self, vae):
-        self.count = 0
-        self.handle = vae.first_stage_model.encoder.register_forward_pre_hook(self._count)
-
-    def _count(self, module, args):
-        self.count += 1
+def encoder_calls(vae) -> CallCounter:
+    """Counts the VAE encoder's forwards (one per batch of frames) as counts["encoder"]."""
+    return CallCounter({"encoder": vae.first_stage_model.encoder})
 
 
 def test_progress_per_batch_and_interrupt():
@@ -117,20 +112,20 @@ def test_progress_per_batch_and_interrupt():
 
 def test_cache_reuses_an_encoding_of_the_same_frames_and_vae_only():
     vae, images, cache = random_wan_vae(), frames(), EncodingCache(max_entries=2)
-    calls = EncoderCalls(vae)
+    calls = encoder_calls(vae)
     first = encode_with_progress(vae, images, "per_frame", cache)
-    encoded = calls.count
+    encoded = calls.counts["encoder"]
     assert encoded >= 1
     again = encode_with_progress(vae, images, "per_frame", cache)
-    assert calls.count == encoded and again[0] is first[0] and again[1] == first[1] and cache.hits == 1
+    assert calls.counts["encoder"] == encoded and again[0] is first[0] and again[1] == first[1] and cache.hits == 1
     encode_with_progress(vae, images.clone(), "per_frame", cache)  # equal frames, another tensor: encoded again
-    assert calls.count == 2 * encoded
+    assert calls.counts["encoder"] == 2 * encoded
     other_vae = random_wan_vae(seed=1)
-    other_calls = EncoderCalls(other_vae)
+    other_calls = encoder_calls(other_vae)
     encode_with_progress(other_vae, images, "per_frame", cache)  # another VAE: not this cache entry
-    assert other_calls.count == encoded
+    assert other_calls.counts["encoder"] == encoded
     encode_with_progress(vae, images, "native", cache)  # another encoding
-    assert calls.count > 2 * encoded
+    assert calls.counts["encoder"] > 2 * encoded
     assert len(cache) == 2  # bounded: the oldest two went
     del images
     gc.collect()
@@ -142,10 +137,10 @@ def test_a_track_points_rerun_with_another_point_skips_the_encoding():
     from difftrack_pack.nodes.encoding import ENCODING_CACHE
 
     model, vae, images = random_model("wan"), random_wan_vae(seed=2), frames(size=(64, 64), count=9)
-    calls = EncoderCalls(vae)
+    calls = encoder_calls(vae)
     run_node(TrackPoints, model=model, vae=vae, images=images, points="[[20, 30]]", frames_per_chunk=5)
-    encoded = calls.count
+    encoded = calls.counts["encoder"]
     hits = ENCODING_CACHE.hits
     run_node(TrackPoints, model=model, vae=vae, images=images, points="[[40, 10, 4]]", blocks="1",
              frames_per_chunk=5)
-    assert encoded >= 1 and calls.count == encoded and ENCODING_CACHE.hits == hits + 1
+    assert encoded >= 1 and calls.counts["encoder"] == encoded and ENCODING_CACHE.hits == hits + 1

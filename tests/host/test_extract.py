@@ -5,6 +5,7 @@ import pytest
 import torch
 import comfy.model_management
 
+from difftrack_devkit.calls import CallCounter
 from difftrack_devkit.models import random_model, random_wan_vae
 from difftrack_devkit.nodes import run_node
 from difftrack_devkit.qk_references import Observer
@@ -12,21 +13,6 @@ from difftrack_devkit.qk_references import Observer
 from difftrack_pack.ditcorr import CaptureKey, plan_chunks
 from difftrack_pack.nodes.capture_nodes import AttentionMap, ExtractVideoFeatures
 from difftrack_pack.nodes.extract import extract_from_latent
-
-
-class CallCounter:
-    def __init__(self, modules):
-        self.counts = {name: 0 for name in modules}
-        self.handles = [module.register_forward_pre_hook(self._counter(name)) for name, module in modules.items()]
-
-    def _counter(self, name):
-        def count(module, args):
-            self.counts[name] += 1
-        return count
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
 
 
 def test_extraction_stops_after_the_deepest_block_and_reads_true_qk():
