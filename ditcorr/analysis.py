@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .cost import sample_tokens, scores
+from .cost import sample_tokens, scores, softmax_
 from .features import FeatureChunk
 from .metrics import THRESHOLDS, tapvid_metrics, to_raster
 from .streaming import DeviceWindow
@@ -122,10 +122,8 @@ def attention_statistics(chunks: Chunks, queries: torch.Tensor, frame_size: tupl
         for start in range(0, queries.shape[0], step):
             points = unit[start:start + step].to(qk.q.device)
             query = (sample_tokens(qk.q[:, source], points) / tau).to(keys.dtype)  # [H, n, d]
-            attention = torch.softmax(scores(query, keys), dim=-1).mean(0).view(-1, tokens_t, h * w)  # [n, T, hw]
-            other = torch.ones(tokens_t, dtype=torch.bool)
-            other[source] = False
-            mass[start:start + step] += attention[:, other.to(attention.device)].sum((1, 2)).double().cpu()
+            attention = softmax_(scores(query, keys)).mean(0).view(-1, tokens_t, h * w)  # [n, T, hw]
+            mass[start:start + step] += (1 - attention[:, source].sum(-1)).double().cpu()  # the rest is on other frames
             peaks = attention.amax(-1).T.double().cpu()  # [T, n]
             for index, position in enumerate(frames):
                 if index != source:
