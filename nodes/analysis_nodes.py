@@ -120,7 +120,8 @@ class CorrespondenceAnalysis(io.ComfyNode):
                                       tooltip="An empty-prompt conditioning; unconnected, a zero context is used."),
             ],
             outputs=[
-                io.Image.Output(display_name="image", tooltip="One heat map per quantity, blocks x σ, best cell outlined."),
+                io.Image.Output(display_name="image", tooltip="One heat map per quantity, blocks x σ, best cell outlined "
+                                "(the node itself previews the ranking one, large)."),
                 io.String.Output(display_name="blocks", tooltip="The best block, as Track Points' and Extract "
                                  "Features' blocks input reads it (by the harmonic mean with reference tracks, "
                                  "else by the label-free score)."),
@@ -176,7 +177,11 @@ class CorrespondenceAnalysis(io.ComfyNode):
         filename = f"{name}_{counter:05}_.csv"
         with open(os.path.join(folder, filename), "w", newline="") as file:
             file.write(table_csv(analysis))
-        preview = ui.ImageSaveHelper.save_images(picture, "difftrack_analysis", io.FolderType.temp, cls)
+        # In the node, the quantity that ranks (and the accuracy, with a reference) large enough to read at the
+        # node's width; every panel is in the IMAGE output.
+        shown_in_node = render_analysis(analysis, ["delta_avg", by] if reference is not None else [by], font_size=24,
+                                        columns=1)
+        preview = ui.ImageSaveHelper.save_images(shown_in_node, "difftrack_analysis", io.FolderType.temp, cls)
         summary = (f"best by {by}: block {best.block}, σ {best.sigma:g}; label-free choice: block {auto.block}, "
                    f"σ {auto.sigma:g}; table: {os.path.join(subfolder, filename)}")
         return io.NodeOutput(picture, str(best.block), float(best.sigma), json.dumps(table),

@@ -102,10 +102,10 @@ def test_points_editor_shows_a_picked_frame_before_any_run(page, renderer, artif
     page.screenshot(path=artifacts / f"{renderer}_editor_picked_frame.png")
 
 
-def test_tracking_run_shows_the_frame_and_the_animated_preview(page, renderer, artifacts):
-    load(page, TRACKING)
+def on_tiny_models(page, seed: int) -> None:
+    """The loaded workflow moved onto the tiny test models and the clip, in the page (as a user would edit it):
+    loaders, video, frame size, Track Points' chunking, seed and points scaled to the clip."""
     sx, sy = CLIP_SIZE / FRAME[0], CLIP_SIZE / FRAME[1]
-    seed = ["classic", "vue"].index(renderer)  # a prompt of its own per renderer: cached results send no previews
     page.evaluate("""([tinyWan, tinyVae, clip, size, sx, sy, seed]) => {
         const set = (type, name, value) => window.app.graph.nodes.filter(n => n.type === type)
             .forEach(n => { n.widgets.find(w => w.name === name).value = value; });
@@ -116,23 +116,50 @@ def test_tracking_run_shows_the_frame_and_the_animated_preview(page, renderer, a
         set('ImageScale', 'height', size);
         set('DiffTrackTrackPoints', 'frames_per_chunk', 5);
         set('DiffTrackTrackPoints', 'seed', seed);
+        set('DiffTrackCorrespondenceAnalysis', 'seed', seed);
         const widget = window.app.graph.nodes.find(n => n.type === 'DiffTrackTrackPoints').widgets.find(w => w.name === 'points');
         widget.value = JSON.stringify(JSON.parse(widget.value).map(p => ({...p, x: p.x * sx, y: p.y * sy})));
     }""", [TINY_WAN, TINY_VAE, CLIP, CLIP_SIZE, sx, sy, seed])
+
+
+def output_image(page, node_type: str, timeout: int = 120_000) -> str:
+    """The file name of the first image a node of `node_type` shows after the queued run."""
+    return page.wait_for_function("""(type) => {
+        const node = window.app.graph.nodes.find(n => n.type === type);
+        const output = window.app.nodeOutputs?.[String(node.id)] ?? window.app.nodeOutputs?.[node.id];
+        return output?.images?.[0]?.filename ?? node.imgs?.[0]?.src ?? null;
+    }""", arg=node_type, timeout=timeout).json_value()
+
+
+def show_node(page, node_type: str) -> None:
+    page.evaluate("(type) => { const node = window.app.graph.nodes.find(n => n.type === type);"
+                  " window.app.canvas.centerOnNode(node); window.app.canvas.setDirty(true, true); }", node_type)
+    page.wait_for_timeout(500)
+
+
+def test_tracking_run_shows_the_frame_and_the_animated_preview(page, renderer, artifacts):
+    load(page, TRACKING)
+    on_tiny_models(page, seed=["classic", "vue"].index(renderer))  # a prompt per renderer: cached runs send no previews
     page.evaluate("async () => { await window.app.queuePrompt(0); }")
     page.wait_for_function(f"() => {NODE}.difftrackEditor.frame !== null", timeout=120_000)
     assert page.evaluate(f"() => [{NODE}.difftrackEditor.frame.naturalWidth, {NODE}.difftrackEditor.frame.naturalHeight]") \
         == [CLIP_SIZE, CLIP_SIZE]
-    preview = page.wait_for_function("""() => {
-        const node = window.app.graph.nodes.find(n => n.type === 'DiffTrackDrawTracks');
-        const output = window.app.nodeOutputs?.[String(node.id)] ?? window.app.nodeOutputs?.[node.id];
-        return output?.images?.[0]?.filename ?? node.imgs?.[0]?.src ?? null;
-    }""", timeout=60_000).json_value()
-    assert ".webp" in preview
-    window = page.evaluate(f"() => {{ window.app.canvas.centerOnNode({NODE}); window.app.canvas.setDirty(true, true); }}")
-    assert window is None
-    page.wait_for_timeout(500)
+    assert ".webp" in output_image(page, "DiffTrackDrawTracks", timeout=60_000)
+    show_node(page, "DiffTrackTrackPoints")
     page.screenshot(path=artifacts / f"{renderer}_tracking_run_previews.png")
+
+
+def test_analysis_run_shows_its_heat_maps_and_feeds_track_points(page, renderer, artifacts):
+    """The analysis workflow queued from the frontend: Correspondence Analysis previews its picture in the node (the
+    screenshot is how it looks at the size ComfyUI shows it) and its block and σ reach Track Points, whose tracks
+    are drawn."""
+    load(page, REPO / "workflows" / "difftrack_correspondence_analysis_wan21.json")
+    on_tiny_models(page, seed=2 + ["classic", "vue"].index(renderer))
+    page.evaluate("async () => { await window.app.queuePrompt(0); }")
+    assert "difftrack_analysis" in output_image(page, "DiffTrackCorrespondenceAnalysis", timeout=240_000)
+    assert ".webp" in output_image(page, "DiffTrackDrawTracks", timeout=120_000)
+    show_node(page, "DiffTrackCorrespondenceAnalysis")
+    page.screenshot(path=artifacts / f"{renderer}_analysis_run_preview.png")
 
 
 def test_template_browser_shows_each_workflows_thumbnail(page, renderer, artifacts):
