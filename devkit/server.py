@@ -99,8 +99,9 @@ class ComfyServer:
         raise AssertionError(f"workflow did not finish within {timeout:.0f} s:\n{self.log()}")
 
     def output_path(self, item: dict) -> Path:
-        """Where an output a history entry lists ({"filename", "subfolder"}) lies."""
-        return self.base / "output" / item.get("subfolder", "") / item["filename"]
+        """Where a file a history entry lists ({"filename", "subfolder", "type"}) lies: the output folder, or the temp
+        folder for node previews."""
+        return self.base / item.get("type", "output") / item.get("subfolder", "") / item["filename"]
 
     def output_files(self, entry: dict, suffix: str) -> list[Path]:
         """Paths of the files ending in `suffix` that a finished prompt's history entry lists."""

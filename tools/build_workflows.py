@@ -284,20 +284,32 @@ def build(graph: dict, object_info: dict) -> dict:
 THUMBNAIL_SIZE = 512  # the template browser shows square cards
 
 
-def thumbnail(videos: list[Path], path: Path) -> None:
-    """Four evenly spaced frames in a 2x2 grid (of one video; or two of each of two videos, a row each), as a JPEG."""
+def thumbnail(videos: list[Path], path: Path, picture: Path | None = None) -> None:
+    """Four evenly spaced frames in a 2x2 grid (of one video; or two of each of two videos, a row each), as a JPEG.
+    With a picture (a node's preview, such as the analysis heat map) it fills the top half instead, on white, and two
+    frames of the first video the bottom half."""
     import av
     import numpy as np
     from PIL import Image
 
     tiles = []
+    if picture is not None:
+        videos = videos[:1]
     for video in videos:
         with av.open(str(video)) as container:
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
         count = max(1, 4 // len(videos))
         tiles += [frames[round(i * (len(frames) - 1) / max(count - 1, 1))] for i in range(count)]
+    if picture is not None:
+        tiles = [tiles[0], tiles[-1]]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 2)
     grid = np.concatenate([np.concatenate(tiles[i:i + 2], axis=1) for i in range(0, len(tiles), 2)], axis=0)
+    if picture is not None:
+        top = Image.new("RGB", (grid.shape[1], grid.shape[0]), (255, 255, 255))
+        shown = Image.open(picture).convert("RGB")
+        shown.thumbnail(top.size, Image.LANCZOS)
+        top.paste(shown, ((top.width - shown.width) // 2, (top.height - shown.height) // 2))
+        grid = np.concatenate([np.asarray(top), grid], axis=0)
     image = Image.fromarray(grid)
     image.resize((THUMBNAIL_SIZE, round(image.height * THUMBNAIL_SIZE / image.width)), Image.LANCZOS).save(path, quality=88)
 
@@ -313,7 +325,8 @@ def write_thumbnails(names: list[str]) -> None:
             prompt = tiny_prompt(ui_to_api(workflow, object_info), DEMO_SIZE, DEMO_FRAMES, steps=20, trained=True)
             entry = server.run(prompt, timeout=900)
             path = REPO / "workflows" / f"{name}.jpg"
-            thumbnail(server.output_files(entry, ".mp4"), path)
+            previews = [p for p in server.output_files(entry, ".png") if p.name.startswith("difftrack_analysis")]
+            thumbnail(server.output_files(entry, ".mp4"), path, previews[0] if previews else None)
             print(f"wrote {path.relative_to(REPO)}")
     finally:
         server.stop()
