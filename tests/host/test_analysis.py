@@ -73,6 +73,24 @@ def test_with_reference_tracks_it_ranks_by_difftracks_harmonic_mean(video):
     assert blocks == str(max(table["cells"], key=lambda c: c["harmonic"])["block"])
 
 
+def test_features_captured_elsewhere_are_analysed_at_their_own_sigma(video):
+    """Features from Extract Features (three blocks, σ 0.3) instead of a model: a cell per captured block at the
+    captures' σ, the same values as the node's own extraction gives; the σ input is not used then."""
+    model, vae, images = video
+    features = run_node(ExtractVideoFeatures, model=model, vae=vae, images=images, blocks="0-2", sigma=0.3,
+                        frames_per_chunk=0, seed=4).args[0]
+    _, blocks, sigma, table = run_node(CorrespondenceAnalysis, images=images, features=features, sigmas="0.9",
+                                       grid_size=4).args
+    cells = json.loads(table)["cells"]
+    assert [(c["block"], c["sigma"]) for c in cells] == [(0, 0.3), (1, 0.3), (2, 0.3)] and sigma == 0.3
+    extracted = json.loads(run_node(CorrespondenceAnalysis, images=images, model=model, vae=vae, sigmas="0.3",
+                                    blocks="0-2", grid_size=4, seed=4).args[3])["cells"]
+    for name in ("confidence", "attention_score", "cycle_rate", "sharpness", "appearance", "label_free"):
+        assert [c[name] for c in cells] == pytest.approx([c[name] for c in extracted], rel=1e-5, abs=1e-7), name
+    with pytest.raises(ValueError, match="the features were extracted from 9"):
+        run_node(CorrespondenceAnalysis, images=images[:5], features=features)
+
+
 def test_capturing_every_block_in_one_forward_equals_a_forward_per_block(video):
     """The fast path (all candidates in one forward) against the obvious one (an extraction per block)."""
     model, vae, images = video
