@@ -11,6 +11,8 @@ import torch
 
 from .track import Tracks
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def parse_points(text: str, default_frame: int = 0) -> torch.Tensor:
     """Query points [N, 3] (x, y, frame) from JSON.
@@ -42,8 +44,9 @@ def parse_points(text: str, default_frame: int = 0) -> torch.Tensor:
             values = [float(v) for v in row]
         except (TypeError, ValueError, OverflowError):
             values = [float("nan")]
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"Point {index} ({json.dumps(item)[:80]}) has a coordinate that is not a finite number.")
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):  # points are kept as float32
+            raise ValueError(f"Point {index} ({json.dumps(item)[:80]}) has a coordinate that is not a finite number "
+                             "(or too large for one).")
         rows.append(values)
     if not rows:
         raise ValueError("No points given: add at least one point.")

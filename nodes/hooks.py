@@ -201,7 +201,9 @@ class AttentionHook:
                     block, info, image_tokens, options.get("optimized_attention_override"))
                 args = {**args, "transformer_options": options}
             return run_block(previous_patch, args, extra)
-        return patch
+        # Under torch.compile (core TorchCompileModel) the hooked blocks run eagerly: dynamo cannot trace the copied
+        # transformer_options the override rides in; every other block stays compiled.
+        return torch.compiler.disable(patch)
 
     def _first_call_override(self, block: int, info: ForwardInfo, image_tokens: int, previous: Callable | None) -> Callable:
         calls = 0

@@ -1,8 +1,11 @@
-"""What Wan users combine with this pack (issue 19), one case at a time on the tiny models through the real loaders.
+"""What Wan users combine with this pack (issue 19), one case at a time on the tiny models through the real nodes.
 
 LoRA: a tiny LoRA file on q and k of every block, loaded by the stock LoraLoaderModelOnly before the pack's patches
 (Extract Features on the LoRA'd model) and after them (Attention Capture, then the LoRA, then a sampler): the
 captured q/k equal those of the same model with the LoRA merged into its weights by hand.
+
+torch.compile: core TorchCompileModel (inductor) with capture, CAG and Track Points: the same results as eager, and
+no recompilation from one step or run to the next (dynamo's graph count stays put).
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from safetensors.torch import save_file
 
 from difftrack_devkit.models import random_model, random_wan_vae, sample
 from difftrack_devkit.nodes import run_node
+from difftrack_pack.nodes.cag_nodes import CAGModelPatch
 from difftrack_pack.nodes.capture_nodes import AttentionCapture, CapturedFeatures, ExtractVideoFeatures
+from difftrack_pack.nodes.track_nodes import TrackPoints
 
 RANK = 4
 
@@ -89,3 +94,49 @@ def test_a_lora_loaded_after_attention_capture_is_captured_and_the_users_weights
     comfy.model_management.unload_all_models()  # ComfyUI keeps a LoRA's weights patched in while the model is loaded
     after = model.get_model_object("diffusion_model").state_dict()
     assert all(torch.equal(after[key], value) for key, value in before.items())  # and restores them on unload
+
+
+@pytest.fixture
+def compiled():
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    model = random_model("wan")
+    yield model, TorchCompileModel.execute(model, "inductor").args[0]
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def test_torch_compile_gives_eager_results_and_compiles_once(compiled):
+    model, fast = compiled
+
+    def captured(base, steps):
+        patched, handle = run_node(AttentionCapture, model=base, blocks="1", branches="both", storage="cpu",
+                                   storage_dtype="float32").args
+        samples = sample(patched, "wan", steps=steps)
+        return samples, run_node(CapturedFeatures, capture=handle, latent={"samples": samples}).args[0]
+
+    samples, features = captured(fast, steps=1)
+    after_first = graphs()
+    more_samples, more_features = captured(fast, steps=4)  # more steps, a new capture session: nothing to recompile
+    assert graphs() == after_first > 0
+    for (got_samples, got_features), steps in (((samples, features), 1), ((more_samples, more_features), 4)):
+        eager_samples, eager_features = captured(model, steps)
+        torch.testing.assert_close(got_samples, eager_samples, rtol=1e-4, atol=1e-4)
+        assert_same_captures(got_features, eager_features)
+
+    guided, eager_guided = run_node(CAGModelPatch, model=fast).args[0], run_node(CAGModelPatch, model=model).args[0]
+    first = sample(guided, "wan", steps=3)
+    with_cag = graphs()
+    torch.testing.assert_close(sample(guided, "wan", steps=3), first)
+    assert graphs() == with_cag
+    torch.testing.assert_close(first, sample(eager_guided, "wan", steps=3), rtol=1e-4, atol=1e-4)
+
+    images = torch.rand(5, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    track = lambda m: run_node(TrackPoints, model=m, vae=random_wan_vae(), images=images, points="[[20, 30], [40, 12]]",  # noqa: E731
+                               frames_per_chunk=5).args[0]["track_path"]
+    torch.testing.assert_close(track(fast), track(model), rtol=1e-4, atol=1e-3)
