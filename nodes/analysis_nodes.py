@@ -17,7 +17,7 @@ from ..ditcorr.points import check_tracks, grid_points, parse_points
 from ..ditcorr.track import READOUTS, TrackSettings
 from .analysis import ANALYSIS_FRAMES, analyse_features, sweep
 from .extract import VideoExtraction, progress_step
-from .vocabulary import CATEGORY, DitFeaturesType, blocks_tooltip, model_blocks, resolve_blocks
+from .vocabulary import CATEGORY, DitFeaturesType, blocks_tooltip, check_same_video, model_blocks, resolve_blocks
 
 DEFAULT_SIGMAS = "0.05, 0.1, 0.2, 0.4, 0.6, 0.8"
 
@@ -146,19 +146,16 @@ class CorrespondenceAnalysis(io.ComfyNode):
             if (queries[:, 2] != 0).any():
                 raise ValueError("The analysis queries points on frame 0: drop the points' frames ('t').")
         if features is not None:
-            if images.shape[0] != features.frame_count:
-                raise ValueError(f"The images have {images.shape[0]} frames but the features were extracted from "
-                                 f"{features.frame_count}: connect the same video.")
-            candidates = resolve_blocks(blocks, "analyse", features.blocks())
-            if not candidates:
-                raise ValueError("No blocks to analyse: name at least one captured block, or 'all'.")
+            check_same_video(images, features)
+        candidates = (resolve_blocks(blocks, "analyse", features.blocks()) if features is not None
+                      else model_blocks(blocks, "analyse", model))
+        if not candidates:
+            raise ValueError("No blocks to analyse: name at least one block, or 'all'.")
+        if features is not None:
             bar = comfy.utils.ProgressBar(len(candidates) * len(features.steps()))
             analysis = Analysis(rank_cells(analyse_features(features, images, candidates, queries, reference,
                                                             settings, progress_step(bar))))
         else:
-            candidates = model_blocks(blocks, "analyse", model)
-            if not candidates:
-                raise ValueError("No blocks to analyse: name at least one block, or 'all'.")
             model_blocks(",".join(map(str, candidates)), "read", model)  # range check before encoding
             latent, positions = VideoExtraction(encoding="per_frame").encode(vae, images)
             bar = comfy.utils.ProgressBar(len(sigma_values) * len(candidates))

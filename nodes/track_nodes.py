@@ -13,8 +13,8 @@ from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_
 from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
 from .analysis import choose_captured_block, with_best_block
 from .extract import VideoExtraction, extraction_inputs, progress_step
-from .vocabulary import (AUTO_BLOCKS, CATEGORY, DitFeaturesType, compute_window, model_blocks, resolve_blocks,
-                         storage_inputs, wants_best)
+from .vocabulary import (AUTO_BLOCKS, CATEGORY, DitFeaturesType, check_same_video, compute_window, model_blocks,
+                         resolve_blocks, storage_inputs, wants_best)
 
 POINTS_TOOLTIP = ('Query points as JSON, pixels of the frames: [{"x": 120, "y": 80}] (KJNodes Points Editor), '
                   '[{"x": 120, "y": 80, "t": 10}] with a query frame, or [[120, 80], ...]. Ignored when grid_size > 0.')
@@ -84,9 +84,8 @@ class TrackPoints(io.ComfyNode):
             raise ValueError("Connect either features (from Extract Features) or model, vae and images.")
         frame_size = tuple(images.shape[1:3]) if images is not None else features.frame_size
         frame_count = images.shape[0] if images is not None else features.frame_count
-        if features is not None and images is not None and images.shape[0] != features.frame_count:
-            raise ValueError(f"The images have {images.shape[0]} frames but the features were extracted from "
-                             f"{features.frame_count}: connect the same video.")
+        if features is not None and images is not None:
+            check_same_video(images, features)
         if grid_size > 0:
             queries = grid_points(grid_size, frame_size, None if mask is None else mask[min(query_frame, mask.shape[0] - 1)], query_frame)
         else:

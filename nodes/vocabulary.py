@@ -66,6 +66,13 @@ def resolve_blocks(text: str, purpose: str, available: list[int], best: bool = F
     return [available[middle + o] for o in offsets if middle + o < len(available)]
 
 
+def check_same_video(images: torch.Tensor, features) -> None:
+    """ValueError unless `images` has as many frames as the video `features` were extracted from."""
+    if images.shape[0] != features.frame_count:
+        raise ValueError(f"The images have {images.shape[0]} frames but the features were extracted from "
+                         f"{features.frame_count}: connect the same video.")
+
+
 def model_and_adapter(model) -> tuple[torch.nn.Module, Adapter]:
     """The diffusion model inside a ComfyUI MODEL and its family's adapter (ValueError naming the supported ones)."""
     diffusion_model = model.get_model_object("diffusion_model")
