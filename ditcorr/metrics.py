@@ -78,3 +78,16 @@ def pck(pred_tracks: torch.Tensor, gt_tracks: torch.Tensor, gt_visible: torch.Te
     visible = gt_visible.bool()
     hits = ((pred - gt).norm(dim=-1) < threshold) & visible
     return hits.sum().item() / max(visible.sum().item(), 1)
+
+
+def static_jitter(pred_tracks: torch.Tensor, gt_tracks: torch.Tensor, gt_visible: torch.Tensor, still: float = 0.01) -> float:
+    """RMS frame-to-frame displacement of predicted tracks where the exact track stands still, in the tracks' units.
+
+    pred_tracks, gt_tracks: [N, T, 2] (x, y); gt_visible: [N, T] bool. A frame pair counts where the exact point moves
+    by at most `still` and is visible on both frames. NaN when no pair counts.
+    """
+    step = lambda tracks: (tracks[:, 1:].double() - tracks[:, :-1].double()).norm(dim=-1)  # noqa: E731  [N, T-1]
+    counted = (step(gt_tracks) <= still) & gt_visible[:, 1:].bool() & gt_visible[:, :-1].bool()
+    if not counted.any():
+        return math.nan
+    return step(pred_tracks)[counted].pow(2).mean().sqrt().item()

@@ -2,6 +2,9 @@
 
 A clip is a textured background that pans, with textured sprites on top (later
 sprites in front), each moving with its own translation, rotation and scale.
+A motion regime (MOTIONS) sets how fast: "fast" (the training clips), "slow"
+(points that barely move), "static-camera" (no pan, sprites that stop) or
+"mixed" (each of pan and sprites drawn from one of those).
 Every pixel shows a known surface point, so the track and visibility of any
 point follow exactly: a point on a sprite moves with the sprite; a point is
 visible where it is inside the frame and no sprite in front covers it.
@@ -28,10 +31,39 @@ class Sprite:
     growth: float  # relative scale change per frame
     disc: bool  # a disc, else a square
     texture: torch.Tensor  # [3, S, S] in [0, 1] over the sprite's local square
+    stop: float = math.inf  # the frame after which it stands still
 
     def pose(self, t: torch.Tensor):
         """Centre [.., 2], angle, scale at times t."""
+        t = t.clamp(max=self.stop)
         return self.centre + self.velocity * t[..., None], self.angle + self.spin * t, self.size * (1 + self.growth * t)
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How fast a motion regime moves.
+
+    pan, sprite: the highest speed of the background and of sprites, in pixels per frame of a 256-px frame (scaled
+    with the frame); None keeps the "fast" regime's: a pan up to 4 px and sprites up to a frame over the clip per axis.
+    turn: factor on sprites' spin and growth; still: chance that a sprite never moves; stops: chance that a moving
+    sprite stands still from a random frame on; mixed: the pan and each sprite take a regime drawn at random.
+    """
+
+    pan: float | None = None
+    sprite: float | None = None
+    turn: float = 1.0
+    still: float = 0.0
+    stops: float = 0.0
+    mixed: bool = False
+
+    @staticmethod
+    def velocity(unit: torch.Tensor, fast: torch.Tensor, frame_scale: float, limit: float | None) -> torch.Tensor:
+        """unit: a draw in [-1, 1]^2, fast: the "fast" regime's velocity from it; a capped velocity stays under `limit`."""
+        return fast if limit is None else unit * (limit / math.sqrt(2) * frame_scale)
+
+
+MOTIONS = {"fast": Motion(), "slow": Motion(pan=1.0, sprite=2.5, turn=0.2, still=0.25, stops=0.25),
+           "static-camera": Motion(pan=0.0, sprite=6.0, turn=0.5, still=0.3, stops=0.5), "mixed": Motion(mixed=True)}
 
 
 @dataclass
@@ -86,21 +118,38 @@ def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64) -> to
 class Scene:
     """A seeded random scene; render() and track() give frames and exact tracks."""
 
-    def __init__(self, seed: int, frame_size: tuple[int, int] = (64, 64), frames: int = 13, sprites: int = 3):
+    def __init__(self, seed: int, frame_size: tuple[int, int] = (64, 64), frames: int = 13, sprites: int = 3,
+                 motion: str = "fast"):
+        if motion not in MOTIONS:
+            raise ValueError(f"Unknown motion regime {motion!r}; use one of {tuple(MOTIONS)}.")
+        regime = MOTIONS[motion]
         self.generator = torch.Generator().manual_seed(seed)
+        # The regime's own draws come from a second generator, so "fast" clips are the same as before regimes existed.
+        regime_generator = torch.Generator().manual_seed(seed + 7_919)
+        draw = lambda: float(torch.rand(1, generator=regime_generator))  # noqa: E731
+        pick = lambda: MOTIONS[("fast", "slow", "static-camera")[int(3 * draw()) % 3]] if regime.mixed else regime  # noqa: E731
         self.frame_size, self.frames = frame_size, frames
         height, width = frame_size
         rand = lambda *shape: torch.rand(*shape, generator=self.generator)  # noqa: E731
         scale = min(height, width) / 64  # motion and texture grow with the frame, so larger clips are no easier
-        self.pan = (rand(2) - 0.5) * 2.0 * scale  # background pixels per frame
+        per_256 = min(height, width) / 256
+        background = pick()
+        unit = (rand(2) - 0.5) * 2
+        self.pan = Motion.velocity(unit, unit * scale, per_256, background.pan)  # background pixels per frame
         self.margin = int(abs(self.pan).max() * frames) + 2
         self.background = muted(smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale))))
         self.sprites = []
         for _ in range(sprites):
-            centre, velocity = rand(2) * torch.tensor([width, height]), (rand(2) - 0.5) * 2 * min(height, width) / frames
+            centre, unit = rand(2) * torch.tensor([width, height]), (rand(2) - 0.5) * 2
+            fast = unit * min(height, width) / frames
             size, angle = float(min(height, width) * (0.08 + 0.1 * rand(1))), float(rand(1) * math.pi)
             spin, growth, disc = float((rand(1) - 0.5) * 0.2), float((rand(1) - 0.5) * 0.04), bool(rand(1) < 0.5)
-            self.sprites.append(Sprite(centre, velocity, size, angle, spin, growth, disc, sprite_texture(self.generator, disc)))
+            own = pick()
+            moves = 0.0 if draw() < own.still else 1.0
+            velocity = Motion.velocity(unit, fast, per_256, own.sprite) * moves
+            stop = draw() * (frames - 1) if draw() < own.stops else math.inf
+            self.sprites.append(Sprite(centre, velocity, size, angle, spin * own.turn * moves, growth * own.turn * moves,
+                                       disc, sprite_texture(self.generator, disc), stop))
 
     def _local(self, sprite: Sprite, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sprite-local coordinates in [-1, 1]^2 (inside the sprite) of pixel points at times t."""
@@ -178,9 +227,9 @@ class Scene:
 
 
 def make_clip(seed: int, frame_size: tuple[int, int] = (64, 64), frames: int = 13, sprites: int = 3, points: int = 64,
-              query_frame: int | None = 0) -> Clip:
+              query_frame: int | None = 0, motion: str = "fast") -> Clip:
     """A rendered clip with `points` tracked query points (on `query_frame`, or random frames when None)."""
-    scene = Scene(seed, frame_size, frames, sprites)
+    scene = Scene(seed, frame_size, frames, sprites, motion)
     queries = scene.queries(points, query_frame)
     tracks, visible = scene.track(queries)
     return Clip(scene.render(), tracks, visible, queries[:, 2].long())

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from difftrack_pack.ditcorr.metrics import average, evaluation_mask, pck, tapvid_metrics, to_raster
+from difftrack_pack.ditcorr.metrics import average, evaluation_mask, pck, static_jitter, tapvid_metrics, to_raster
 
 
 def test_evaluation_masks():
@@ -70,3 +70,16 @@ def test_raster_and_pck():
     gt = torch.zeros(1, 2, 2)
     pred = torch.tensor([[[5.0, 0.0], [10.0, 0.0]]])  # frame 360x540 -> 720x480 reference doubles x distances
     assert pck(pred, gt, torch.ones(1, 2, dtype=torch.bool), (240, 360), threshold=12.0) == pytest.approx(0.5)
+
+
+def test_static_jitter_counts_only_still_visible_frame_pairs():
+    truth = torch.tensor([[[5.0, 5.0], [5.0, 5.0], [5.0, 5.0], [9.0, 5.0]],  # still, still, then moves
+                          [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])  # still, but hidden on frame 2
+    visible = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    predicted = truth.clone()
+    predicted[0, 1] += torch.tensor([3.0, 4.0])  # pairs (0,1) and (1,2) of point 0 each move 5 px
+    predicted[1, 1] += torch.tensor([0.0, 1.0])  # pair (0,1) of point 1 moves 1 px; (1,2), (2,3) are not counted
+    # counted: point 0 pairs (0,1), (1,2); point 1 pair (0,1) -> RMS of (5, 5, 1)
+    assert static_jitter(predicted, truth, visible) == pytest.approx(math.sqrt((25 + 25 + 1) / 3))
+    assert static_jitter(truth, truth, visible) == 0.0
+    assert math.isnan(static_jitter(predicted, truth, torch.zeros_like(visible)))

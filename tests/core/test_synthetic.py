@@ -51,3 +51,33 @@ def test_tapvid_npz_layout():
     assert data["video"].shape == (9, 48, 64, 3) and data["video"].dtype == np.uint8
     assert data["tracks"].shape == (10, 9, 2) and data["occluded"].shape == (10, 9) and data["occluded"].dtype == bool
     assert (data["query_frames"] == 0).all()
+
+
+def speeds(clip):
+    """Per point and frame pair, how far the exact track moves: [N, T-1] pixels."""
+    return (clip.tracks[:, 1:] - clip.tracks[:, :-1]).norm(dim=-1)
+
+
+def test_motion_regimes_keep_their_speed_limits():
+    fast = [make_clip(seed, (256, 256), 24, points=200) for seed in range(6)]
+    assert all(torch.equal(a.frames, make_clip(seed, (256, 256), 24, points=200, motion="fast").frames)
+               for seed, a in enumerate(fast[:2]))  # "fast" is the default, the training clips' regime
+    slow = [make_clip(seed, (256, 256), 24, points=200, motion="slow") for seed in range(6)]
+    static = [make_clip(seed, (256, 256), 24, points=200, motion="static-camera") for seed in range(6)]
+    # Spin and growth add a little to a sprite point's speed on top of its translation (<= 2.5 px).
+    assert max(speeds(clip).max() for clip in slow) <= 3.5 < max(speeds(clip).max() for clip in fast)
+    for seed in range(6):  # the pan: <= 1 px a frame slow, none with a static camera
+        assert Scene(seed, (256, 256), 24, motion="slow").pan.norm() <= 1.0
+        assert Scene(seed, (256, 256), 24, motion="static-camera").pan.norm() == 0
+    still = torch.cat([(speeds(clip) == 0).flatten() for clip in static]).float().mean()
+    assert 0.5 < still < 1  # the background and the sprites that never move or have stopped
+    stopping = [s for seed in range(6) for s in Scene(seed, (256, 256), 24, motion="static-camera").sprites
+                if 0 < s.stop < 23 and s.velocity.norm() > 0]
+    assert stopping  # some sprites move, then stand still
+    with pytest.raises(ValueError, match="Unknown motion regime 'crawl'"):
+        Scene(0, motion="crawl")
+
+
+def test_mixed_regime_draws_pan_and_sprites_from_every_regime():
+    pans = torch.stack([Scene(seed, (256, 256), 24, motion="mixed").pan.norm() for seed in range(24)])
+    assert (pans == 0).any() and (pans > 1.5).any() and ((pans > 0) & (pans <= 1.0)).any()
