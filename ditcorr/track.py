@@ -3,8 +3,9 @@
 For each query point (x, y on source frame t) and every other frame, the
 symmetric cost of the point's query row is averaged over the chunks holding
 both frames and over the fused (block, step) selections, then read out:
-  argmax   the best token's centre (published behaviour, token-quantised)
-  refined  soft-argmax of the cost in a window around the argmax (sub-token)
+  argmax         the best token's centre (published behaviour, token-quantised)
+  refined        soft-argmax of the cost in a window around the argmax (sub-token)
+  refined+pixel  refined, then aligned on the frames' pixels and carried through time (ditcorr.refine)
 A point is visible where tracking it back (the found point's forward rows to
 the query frame) lands near where it started, and the cost peak stands out
 from a flat map.
@@ -13,17 +14,20 @@ interpolated to every source frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .cost import forward_rows, pair_costs, sample_tokens
 from .features import FeatureChunk
+from .refine import PixelSettings, prefetch_frames, refine_tracks
 from .streaming import DeviceWindow
 
 Chunks = list[FeatureChunk]
-READOUTS = ("argmax", "refined")
+DIT_READOUTS = ("argmax", "refined")  # from the DiT's costs alone
+PIXEL_READOUT = "refined+pixel"
+READOUTS = (*DIT_READOUTS, PIXEL_READOUT)
 
 
 @dataclass
@@ -46,6 +50,12 @@ class TrackSettings:
     min_confidence: float = 3.0  # cost peak over a flat map (1.0) below which a point counts as occluded
     point_batch: int = 1024  # query rows per cost computation
     memory_budget: int = 5 * 2**26  # bytes of float32 cost maps per batched computation (pairs x heads x rows x tokens)
+    pixel: PixelSettings = field(default_factory=PixelSettings)  # the refined+pixel read-out's alignment
+
+    @property
+    def dit_readout(self) -> str:
+        """The read-out of the DiT's costs (the pixel step starts from `refined`)."""
+        return "refined" if self.readout == PIXEL_READOUT else self.readout
 
 
 def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +64,8 @@ def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> t
     cost: [N, h, w] non-negative. Returns (positions [N, 2] as (column, row) in
     token units, token centres at integers; peak value [N]).
     """
-    if readout not in READOUTS:
-        raise ValueError(f"Unknown read-out {readout!r}; use one of {READOUTS}.")
+    if readout not in DIT_READOUTS:
+        raise ValueError(f"Unknown read-out {readout!r}; use one of {DIT_READOUTS}.")
     n, h, w = cost.shape
     peak, flat = cost.reshape(n, -1).max(dim=1)
     row, col = (flat // w).float(), (flat % w).float()
@@ -94,7 +104,7 @@ def _mean_over(holders, selections: list[Chunks], device_window: DeviceWindow, c
 
 def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
                  settings: TrackSettings = TrackSettings(), on_frame: Callable[[], None] = lambda: None,
-                 device_window: DeviceWindow | None = None) -> Tracks:
+                 device_window: DeviceWindow | None = None, frames: torch.Tensor | None = None) -> Tracks:
     """Track query points through a video.
 
     selections: one chunk list per fused (block, step) capture, as
@@ -104,10 +114,35 @@ def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tu
     on_frame: called after each (query frame, target frame) pair: progress, cancellation.
     device_window: where to compute (features stored elsewhere are streamed there a few chunks at a time); None =
         where the features live.
+    frames: [T, H, W, C] the video in [0, 1], for the refined+pixel read-out (anywhere: copied a few at a time).
     Returns Tracks over all `frame_count` source frames, on the compute device.
     """
-    positions, tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame, device_window)
-    return _to_source_frames(positions, tracks, queries, frame_count)
+    if settings.readout == PIXEL_READOUT:
+        if frames is None:
+            raise ValueError(f"The {PIXEL_READOUT} read-out aligns points on the video's pixels: give the frames "
+                             "(connect the images), or choose the 'refined' read-out.")
+        if frames.ndim != 4 or tuple(frames.shape[:3]) != (frame_count, *frame_size):
+            raise ValueError(f"The frames ({list(frames.shape)}) are not the tracked video's {frame_count} frames of "
+                             f"{frame_size[1]}x{frame_size[0]}: give the images the features were extracted from.")
+    first = selections[0][0][1]
+    copier = None
+    if settings.readout == PIXEL_READOUT:  # the frames start copying now, while the DiT read-out runs
+        device = device_window.device if device_window is not None and device_window.device is not None else first.q.device
+        copier = prefetch_frames(frames, queries, device, settings.pixel)
+    try:
+        positions, token_tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame,
+                                                     device_window)
+    except BaseException:
+        if copier is not None:
+            copier.close()
+        raise
+    tracks = _to_source_frames(positions, token_tracks, queries, frame_count)
+    if copier is None:
+        return tracks
+    grid = first.q.shape[2:4]
+    token_size = (frame_size[1] / grid[1], frame_size[0] / grid[0])
+    path, visible = refine_tracks(frames, queries, tracks.path, tracks.visible, token_size, settings.pixel, copier)
+    return Tracks(path, visible, tracks.confidence, tracks.cycle_error)
 
 
 def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
@@ -182,11 +217,11 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
                 start_unit = (start_px * to_unit - 1).expand(pairs, -1, -1)
                 cost = _mean_over(holders, selections, device_window, pair_costs, anchors, pair_targets, start_unit,
                                   budget_bytes=settings.memory_budget, **options)
-                found, peak = read_out(cost.flatten(0, 1), settings.readout, settings.window)
+                found, peak = read_out(cost.flatten(0, 1), settings.dit_readout, settings.window)
                 found_px = (found.view(pairs, -1, 2) + 0.5) * token_size
                 back = _mean_over(holders, selections, device_window, forward_rows, pair_targets, anchors,
                                   found_px * to_unit - 1, **options)
-                returned, _ = read_out(back.flatten(0, 1), settings.readout, settings.window)
+                returned, _ = read_out(back.flatten(0, 1), settings.dit_readout, settings.window)
                 miss = (returned.view(pairs, -1, 2) - start_tokens).norm(dim=-1)
                 peak = peak.view(pairs, -1) / flat
                 path[slots, rows[None]] = found_px

@@ -34,7 +34,8 @@ def run(mode: str, query_frame: int, readout: str):
     queries = SCENE.queries(800, query_frame)
     truth, visible = SCENE.truth(queries)
     selection = features(mode, query_frame)
-    tracks = track_points([selection], queries, SCENE.frame_size, SCENE.frames, TrackSettings(readout=readout))
+    frames = SCENE.render() if readout == "refined+pixel" else None
+    tracks = track_points([selection], queries, SCENE.frame_size, SCENE.frames, TrackSettings(readout=readout), frames=frames)
     positions = sorted({p for frames, _ in selection for p in frames})
     anchor = min(positions, key=lambda p: abs(p - query_frame))
     clear = SCENE.margin(queries[:, 0], queries[:, 1], float(query_frame)) > CLEAR
@@ -54,10 +55,11 @@ def f1(predicted: torch.Tensor, actual: torch.Tensor) -> float:
 MODES = ["per_frame", "per_frame_chunked", "native"]
 
 
+@pytest.mark.parametrize("readout", ["refined", "refined+pixel"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("query_frame", [0, 4])
-def test_refined_returns_the_truth_within_half_a_pixel(mode, query_frame):
-    tracks, truth, visible, clean = run(mode, query_frame, "refined")
+def test_refined_returns_the_truth_within_half_a_pixel(mode, query_frame, readout):
+    tracks, truth, visible, clean = run(mode, query_frame, readout)
     assert clean.sum() > 150  # enough unambiguous (point, frame) pairs to mean something
     error = (tracks.path - truth).norm(dim=-1)[clean]
     assert error.max() <= 0.5, f"worst refined error {error.max():.3f} px"
