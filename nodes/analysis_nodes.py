@@ -14,7 +14,7 @@ from comfy_api.latest import io, ui
 from ..ditcorr.analysis import LABEL_FREE_QUANTITIES, REFERENCE_QUANTITIES, Analysis, best_cell, rank_cells
 from ..ditcorr.chart import render_analysis
 from ..ditcorr.points import check_tracks, grid_points, parse_points
-from ..ditcorr.track import READOUTS, TrackSettings
+from ..ditcorr.track import DIT_READOUTS, TrackSettings
 from .analysis import ANALYSIS_FRAMES, analyse_features, sweep
 from .extract import VideoExtraction, progress_step
 from .vocabulary import CATEGORY, DitFeaturesType, blocks_tooltip, check_same_video, model_blocks, resolve_blocks
@@ -100,7 +100,7 @@ class CorrespondenceAnalysis(io.ComfyNode):
                                 tooltip='Query points on frame 0 instead of the grid, as in Track Points: '
                                         '[{"x": 120, "y": 80}]. Ignored with reference tracks (their points on frame '
                                         '0 are the queries).'),
-                io.Combo.Input("readout", options=list(READOUTS), default="refined",
+                io.Combo.Input("readout", options=list(DIT_READOUTS), default="refined",
                                tooltip="Read-out of the tracked matches (argmax = DiffTrack's own analysis; refined = "
                                        "what Track Points does by default)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,

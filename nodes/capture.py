@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import comfy.model_management
 import torch
 
-from ..ditcorr import QK, CaptureKey, DitFeatures
+from ..ditcorr import QK, CaptureKey
 from .hooks import AttentionHook, ForwardInfo, SelfAttentionCall
 from .patching import BRANCH_OF_COND, cond_of_row, rows_per_cond
 

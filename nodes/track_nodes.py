@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..ditcorr.draw import draw_tracks, point_masks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
-from ..ditcorr.track import READOUTS, Tracks, TrackSettings, track_points
+from ..ditcorr.track import PIXEL_READOUT, READOUTS, Tracks, TrackSettings, track_points
 from .analysis import choose_captured_block, with_best_block
 from .extract import VideoExtraction, extraction_inputs, progress_step
 from .vocabulary import (AUTO_BLOCKS, CATEGORY, DitFeaturesType, check_same_video, compute_window, model_blocks,
@@ -47,9 +47,12 @@ class TrackPoints(io.ComfyNode):
                              tooltip="0: track `points`. N > 0: track an N x N grid (inside `mask` if connected) instead."),
                 io.Int.Input("query_frame", default=0, min=0, max=100000,
                              tooltip="Frame of the grid, and of points given without a frame."),
-                io.Combo.Input("readout", options=list(READOUTS), default="refined",
+                io.Combo.Input("readout", options=list(READOUTS), default=PIXEL_READOUT,
                                tooltip="argmax: the best token's centre (published DiffTrack, 16-px steps on Wan). "
-                                       "refined: soft-argmax around it, sub-token precision."),
+                                       "refined: soft-argmax around it, a few pixels. refined+pixel: refined, then "
+                                       "each point aligned on the images' pixels (Lucas-Kanade, checked, carried "
+                                       "through time): still points stay still, textured points land within a "
+                                       "pixel; needs the images; costs a few hundredths of a second more."),
                 io.Int.Input("window", default=2, min=0, max=8,
                              tooltip="refined: half-width of the soft-argmax window, in tokens."),
                 io.Float.Input("cycle_tolerance", default=1.0, min=0.0, max=100.0, step=0.1,
@@ -104,7 +107,7 @@ class TrackPoints(io.ComfyNode):
             used = resolve_blocks(blocks, "fuse", features.blocks())
             bar = comfy.utils.ProgressBar(len({p for frames in features.chunk_frames for p in frames}) * len(groups))
             tracks = track_points(features.select_many(used), queries, frame_size, frame_count, settings, progress_step(bar),
-                                  compute_window())
+                                  compute_window(), images)
         else:
             model_blocks(blocks, "read", model, best=True)  # an unsupported model or unreadable blocks: refused first
             extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
@@ -117,7 +120,7 @@ class TrackPoints(io.ComfyNode):
                 extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
                 bar = comfy.utils.ProgressBar(len(positions))
                 parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
-                                                 settings, progress_step(bar), compute_window())))
+                                                 settings, progress_step(bar), compute_window(), images)))
                 extracted.release()
             tracks = merge(parts, queries.shape[0])
         radius = max(2.0, min(frame_size) / 90)

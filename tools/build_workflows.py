@@ -86,7 +86,8 @@ GRAPHS = {
               '`[{"x": 400, "y": 240}]`; add `"t": 10` to query on frame 10, or set *grid_size* for a grid.\n'
               "3. Queue. You get the video with drawn tracks and, in `output/difftrack/`, the tracks as JSON, npz and CSV.\n\n"
               "Wan 2.1 T2V 1.3B (bf16) fits 24 GB at 832x480; keep clips under ~80 frames or lower *frames_per_chunk*. "
-              "`refined` read-out gives sub-token precision; `argmax` is the published DiffTrack read-out."),
+              "The default `refined+pixel` read-out aligns each point on the frames' pixels (still points stay still); "
+              "`refined` is the DiT's sub-token read-out alone; `argmax` is the published DiffTrack read-out."),
         nodes={
             **VIDEO_NODES,
             "track": ("DiffTrackTrackPoints", {"points": '[{"x": 300, "y": 200}, {"x": 520, "y": 260}, {"x": 416, "y": 360}]'},

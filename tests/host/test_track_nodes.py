@@ -32,8 +32,9 @@ def track(points="[[20, 30], [40, 10, 4]]", **inputs):
 
 def test_track_points_node_returns_the_exact_tracks_of_oracle_features():
     """A known answer through the node: features whose q/k are built from the ground truth of a synthetic scene
-    (panning background, two sprites) give tracks within half a pixel of the truth where the descriptors are
-    unambiguous (two tokens from any edge), on every frame, for queries on frames 0 and 4 in one call."""
+    (panning background, two sprites) and the scene's frames give tracks within half a pixel of the truth where the
+    descriptors are unambiguous (two tokens from any edge), on every frame, for queries on frames 0 and 4 in one
+    call, with the default read-out (refined+pixel)."""
     scene = Scene()
     positions = tuple(float(t) for t in range(scene.frames))
     features = DitFeatures(scene.frame_size, scene.frames, [positions], "oracle",
@@ -43,7 +44,7 @@ def test_track_points_node_returns_the_exact_tracks_of_oracle_features():
     clear = torch.stack([scene.margin(truth[t, :, 0], truth[t, :, 1], float(t)) > 8 for t in range(scene.frames)])
     clean = clear & visible & clear[queries[:, 2].long(), torch.arange(len(queries))]  # and clear where queried
     points = json.dumps([{"x": x, "y": y, "t": int(t)} for x, y, t in queries.tolist()])
-    tracks, visibility, coordinates = track(points, features=features)
+    tracks, visibility, coordinates = track(points, features=features, images=scene.render())
     assert clean.sum() > 150 and clean[:, queries[:, 2] == 4].sum() > 50
     assert (tracks["track_path"] - truth).norm(dim=-1)[clean].max() <= 0.5
     assert tracks["track_visibility"][clean].float().mean() > 0.95
@@ -72,10 +73,12 @@ def test_track_points_from_features_grid_and_mask(video):
                            storage="cpu").args
     mask = torch.zeros(FRAMES, SIZE, SIZE)
     mask[:, :, : SIZE // 2] = 1
-    tracks, _, _ = track(grid_size=4, features=features, mask=mask)
+    tracks, _, _ = track(grid_size=4, features=features, mask=mask, images=images)
     assert tracks["track_path"].shape == (FRAMES, 8, 2) and (tracks["track_path"][0, :, 0] < SIZE // 2).all()
-    argmax, _, _ = track(readout="argmax", features=features, images=images)
+    argmax, _, _ = track(readout="argmax", features=features)  # the DiT read-outs need no images
     assert argmax["track_path"].shape == (FRAMES, 2, 2)
+    with pytest.raises(ValueError, match=r"refined\+pixel read-out aligns points on the video's pixels.*connect the images"):
+        track(features=features)
 
 
 @pytest.mark.parametrize("points, message", [
@@ -144,7 +147,7 @@ def test_storage_and_streaming_change_no_track_and_no_map(video, monkeypatch):
     def run_all(storage):
         (features,) = run_node(ExtractVideoFeatures, model=model, vae=vae, images=images, blocks="1, 2",
                                frames_per_chunk=4, storage=storage).args
-        tracks, _, _ = track("[[20, 30], [40, 10], [5, 60]]", features=features)  # frame 0: in every chunk
+        tracks, _, _ = track("[[20, 30], [40, 10], [5, 60]]", features=features, images=images)  # frame 0: in every chunk
         extracted, _, _ = track(model=model, vae=vae, images=images, storage=storage)
         (maps,) = run_node(AttentionMap, features=features, x=20, y=40, query_frame=0).args
         return tracks, extracted, maps, features.storage
