@@ -85,25 +85,6 @@ def analysed_block(model, vae, seed: int) -> int:
     return choose_block(model, latent, positions, frames, None, model_blocks("all", "analyse", model), 0.2, 0)[0]
 
 
-def picture(clips: dict[str, torch.Tensor], path: str, frames=(0, 4, 8, 12), tile: int = 160) -> None:
-    """One row per arm (its name on the left), frames `frames` of its first clip across: the same noise in every row."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=15)
-    label = 230
-    sheet = Image.new("RGB", (label + tile * len(frames), 24 + tile * len(clips)), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for column, frame in enumerate(frames):
-        draw.text((label + column * tile + tile / 2, 4), f"frame {frame}", fill=(0, 0, 0), font=font, anchor="ma")
-    for row, (name, clip) in enumerate(clips.items()):
-        draw.text((8, 24 + row * tile + tile / 2), name.replace("cag_", "CAG ").replace("_", " "), fill=(0, 0, 0),
-                  font=font, anchor="lm")
-        for column, frame in enumerate(frames):
-            image = Image.fromarray((clip[frame].clamp(0, 1) * 255).byte().numpy()).resize((tile, tile), Image.LANCZOS)
-            sheet.paste(image, (label + column * tile, 24 + row * tile))
-    sheet.save(path, optimize=True)
-
-
 def main() -> None:
     parser = bench.parser(__doc__)
     parser.add_argument("--seed", type=int, default=1000)
@@ -144,7 +125,9 @@ def main() -> None:
         print(f"{name}: {time.perf_counter() - begin:.0f} s", file=sys.stderr, flush=True)
     real = [clip_metrics(make_clip(args.seed * 100_003 + i, (SIZE, SIZE), FRAMES).frames) for i in range(args.clips)]
     if args.picture:
-        picture(first_clips, args.picture)
+        frames = (0, 4, 8, 12)  # one row per arm, the same noise in every row
+        bench.image_sheet({name.replace("cag_", "CAG ").replace("_", " "): [clip[f] for f in frames]
+                           for name, clip in first_clips.items()}, [f"frame {f}" for f in frames], args.picture)
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,

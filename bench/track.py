@@ -1,13 +1,16 @@
 """Cost of tracking against the cost of the forwards that produce its features, on Wan 2.1 with random weights.
 
     python bench/track.py --size tiny|1.3b --device cpu|cuda --points N --frames F [--storage gpu,cpu,auto]
+                          [--readout refined+pixel|refined|argmax]
 
 Prints one JSON line, with these per feature storage (`by_storage`; the first
 storage's also at the top level): forward_s, the extraction of F per-frame
 latent frames (13-frame chunks, the middle block); track_s, tracking N random
-points from frame 0 through all F frames on the model's device (refined
-read-out, cycle check; features stored elsewhere are streamed there a chunk at
-a time); peak_extra_mem_gib, device memory tracking needs on top of the model
+points from frame 0 through all F frames on the model's device (the chosen
+read-out, default refined+pixel, with the cycle check; features stored elsewhere
+are streamed there a chunk at a time; the frames for the pixel step start in CPU
+memory, as a ComfyUI IMAGE does); dit_track_s, the same with the refined read-out
+(the DiT's part alone); peak_extra_mem_gib, device memory tracking needs on top of the model
 and whatever the features occupy. Medians of repeats. forward_vs_gpu and
 track_to_forward_ratio compare within the run; tracks_equal says the tracks
 are the same whatever the storage.
@@ -34,6 +37,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--storage", default="gpu,cpu", help="comma-separated feature storages: gpu, cpu, auto")
+    parser.add_argument("--readout", default="refined+pixel", help="argmax, refined or refined+pixel")
     parser.add_argument("--profile", action="store_true", help="also print where tracking spends its time (stderr)")
     args = parser.parse_args()
     run = bench.random_model_run(args, SIZES)
@@ -46,6 +50,7 @@ def main() -> None:
     size, model, block, conditioning, generator = run.size, run.model, run.middle_block, run.conditioning, run.generator
     latent = torch.randn(1, 16, args.frames, *size["latent_hw"], generator=generator)
     frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
+    frames = torch.rand(args.frames, *frame_size, 3, generator=generator)  # in CPU memory, as an IMAGE
     queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
                          torch.zeros(args.points, 1)], dim=1)
 
@@ -57,8 +62,9 @@ def main() -> None:
 
         features = extract()  # warm-up
         # A fresh window per call, as each Track Points run makes: its first chunk's copy is part of the cost.
-        track = lambda: track_points(features.select_many(), queries, frame_size, args.frames,  # noqa: E731
-                                     TrackSettings(), device_window=DeviceWindow(args.device))
+        track = lambda readout=args.readout: track_points(  # noqa: E731
+            features.select_many(), queries, frame_size, args.frames, TrackSettings(readout=readout),
+            device_window=DeviceWindow(args.device), frames=frames)
         track()  # warm-up
         if args.profile:
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
@@ -66,12 +72,13 @@ def main() -> None:
                 run.timed(track)
             print(f"--- tracking, {storage} storage ---", profile.key_averages().table(
                 sort_by="cuda_time_total" if run.cuda else "cpu_time_total", row_limit=25), sep="\n", file=sys.stderr)
-        forward_times, track_times = [], []
+        forward_times, track_times, dit_times = [], [], []
         for _ in range(args.repeats):
             seconds, features = run.timed(extract)
             forward_times.append(seconds)
             seconds, tracks = run.timed(track)
             track_times.append(seconds)
+            dit_times.append(run.timed(lambda: track("refined"))[0])
         if run.cuda:
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
@@ -81,10 +88,12 @@ def main() -> None:
             extra_mem = None  # no device allocator to ask on the CPU
         forward_s, track_s = statistics.median(forward_times), statistics.median(track_times)
         result = {"forward_s": round(forward_s, 4), "track_s": round(track_s, 4),
+                  "dit_track_s": round(statistics.median(dit_times), 4),
                   "track_to_forward_ratio": round(track_s / forward_s, 4), "peak_extra_mem_gib": extra_mem,
                   "features": features.storage, "chunks": len(features.chunk_frames),
                   "visible_fraction": round(tracks.visible.float().mean().item(), 3),
-                  "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times]}}
+                  "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times],
+                            "dit_track": [round(t, 4) for t in dit_times]}}
         features.release()
         return result, tracks.path.cpu()
 
@@ -97,8 +106,10 @@ def main() -> None:
             result["forward_vs_gpu"] = round(result["forward_s"] / by_storage["gpu"]["forward_s"], 4)
     print(json.dumps({
         "model": f"wan2.1-{args.size}", "device": run.device_name, "points": args.points, "frames": args.frames,
+        "readout": args.readout,
         "tokens_per_frame": (size["latent_hw"][0] // 2) * (size["latent_hw"][1] // 2), "block": block,
-        **{key: first[key] for key in ("chunks", "forward_s", "track_s", "track_to_forward_ratio", "peak_extra_mem_gib")},
+        **{key: first[key] for key in ("chunks", "forward_s", "track_s", "dit_track_s", "track_to_forward_ratio",
+                                       "peak_extra_mem_gib")},
         "tracks_equal": all(torch.equal(path, next(iter(paths.values()))) for path in paths.values()),
         "by_storage": by_storage,
     }))

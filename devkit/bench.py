@@ -71,3 +71,22 @@ def random_model_run(args: argparse.Namespace, sizes: dict) -> RandomModelRun:
     diffusion_model, adapter = model_and_adapter(model)
     return RandomModelRun(size, args.device, generator, model, adapter, adapter.block_count(diffusion_model) // 2,
                           text_conditioning(model, generator))
+
+
+def image_sheet(rows: dict[str, list[torch.Tensor]], column_titles: list[str], path: str, tile: int = 160,
+                label_width: int = 230) -> None:
+    """A PNG grid: one row per entry (its name on the left), its images [H, W, 3] in [0, 1] across under the
+    column titles, each resized to tile x tile."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=15)
+    sheet = Image.new("RGB", (label_width + tile * len(column_titles), 24 + tile * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for column, title in enumerate(column_titles):
+        draw.text((label_width + column * tile + tile / 2, 4), title, fill=(0, 0, 0), font=font, anchor="ma")
+    for row, (name, images) in enumerate(rows.items()):
+        draw.text((8, 24 + row * tile + tile / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+        for column, image in enumerate(images):
+            tile_image = Image.fromarray((image.clamp(0, 1) * 255).byte().numpy()).resize((tile, tile), Image.LANCZOS)
+            sheet.paste(tile_image, (label_width + column * tile, 24 + row * tile))
+    sheet.save(path, optimize=True)
