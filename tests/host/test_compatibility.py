@@ -6,8 +6,18 @@ captured q/k equal those of the same model with the LoRA merged into its weights
 
 torch.compile: core TorchCompileModel (inductor) with capture, CAG and Track Points: the same results as eager, and
 no recompilation from one step or run to the next (dynamo's graph count stays put).
+
+GGUF: the tiny trained Wan written as GGUF (Q8_0, Q4_0, Q5_1 weights; the `gguf` writer cannot make K-quants) and
+loaded by city96's UnetLoaderGGUF (its GGUFModelPatcher and GGMLOps): captures equal those of the same weights
+dequantised and loaded by the stock loader; Track Points and CAG give the same results on both.
+
+Another attention backend: an `optimized_attention_override` installed before the pack's patches, the way KJNodes'
+attention nodes install theirs (routing every call to one of ComfyUI's backends): the pack's hooks run through it
+(it still sees every attention call) and, with capture on, the sampler's output equals running it alone.
 """
 from __future__ import annotations
+
+import sys
 
 import comfy.model_management
 import folder_paths
@@ -16,7 +26,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from difftrack_devkit.gguf_files import GGUF_PACK, load_node_pack, write_gguf
 from difftrack_devkit.models import random_model, random_wan_vae, sample
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT
 from difftrack_devkit.nodes import run_node
 from difftrack_pack.nodes.cag_nodes import CAGModelPatch
 from difftrack_pack.nodes.capture_nodes import AttentionCapture, CapturedFeatures, ExtractVideoFeatures
@@ -140,3 +152,75 @@ def test_torch_compile_gives_eager_results_and_compiles_once(compiled):
     track = lambda m: run_node(TrackPoints, model=m, vae=random_wan_vae(), images=images, points="[[20, 30], [40, 12]]",  # noqa: E731
                                frames_per_chunk=5).args[0]["track_path"]
     torch.testing.assert_close(track(fast), track(model), rtol=1e-4, atol=1e-3)
+
+
+@pytest.fixture(scope="module", params=["Q8_0", "Q4_0", "Q5_1"])
+def gguf_models(request, tmp_path_factory):
+    """(the tiny trained Wan as GGUF through UnetLoaderGGUF, its weights as the pack dequantises them loaded by the stock
+    loader, what the gguf package reads back from the file)."""
+    import comfy.sd
+    import comfy.utils
+
+    folder = tmp_path_factory.mktemp("gguf")
+    held = write_gguf(comfy.utils.load_torch_file(str(TRAINED / TRAINED_DIT)), folder / "tiny.gguf", request.param)
+    pack = load_node_pack(GGUF_PACK)
+    saved = {key: folder_paths.folder_names_and_paths.get(key) for key in ("unet", "diffusion_models", "unet_gguf")}
+    for key in saved:
+        folder_paths.folder_names_and_paths[key] = ([str(folder)], {".gguf"})
+    folder_paths.filename_list_cache.clear()
+    try:
+        quantised = pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet("tiny.gguf")[0]
+    finally:
+        for key, value in saved.items():
+            folder_paths.folder_names_and_paths[key] = value
+        folder_paths.filename_list_cache.clear()
+    dequantise = sys.modules[f"{GGUF_PACK}.dequant"].dequantize_tensor
+    read = sys.modules[f"{GGUF_PACK}.loader"].gguf_sd_loader(str(folder / "tiny.gguf"))  # the pack's own reader
+    weights = {key: dequantise(tensor, torch.float32) for key, tensor in read.items()}
+    yield quantised, comfy.sd.load_diffusion_model_state_dict(dict(weights)), weights, held
+    comfy.model_management.unload_all_models()
+
+
+def test_gguf_models_capture_track_and_guide_as_their_dequantised_weights(gguf_models):
+    quantised, dequantised, weights, written = gguf_models
+    assert type(quantised).__name__ == "GGUFModelPatcher"
+    for key, weight in written.items():  # the pack reads what was written (it dequantises in float16: rounding only)
+        torch.testing.assert_close(weights[key], weight, rtol=1e-3, atol=1e-3)
+    layer = quantised.get_model_object("diffusion_model").blocks[0].self_attn.q
+    assert type(layer.weight).__name__ == "GGMLTensor"  # computed from the quantised blocks, not a converted copy
+    images = torch.rand(5, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    vae = random_wan_vae()
+    extract = lambda m: run_node(ExtractVideoFeatures, model=m, vae=vae, images=images, blocks="2, 7",  # noqa: E731
+                                 storage="cpu", storage_dtype="float32").args[0]
+    assert_same_captures(extract(quantised), extract(dequantised))
+    track = lambda m: run_node(TrackPoints, model=m, vae=vae, images=images, points="[[20, 30], [40, 12]]",  # noqa: E731
+                               frames_per_chunk=5).args[0]["track_path"]
+    torch.testing.assert_close(track(quantised), track(dequantised), rtol=1e-4, atol=1e-3)
+    guided = lambda m: sample(run_node(CAGModelPatch, model=m, blocks="3, 4").args[0], "wan", steps=2)  # noqa: E731
+    torch.testing.assert_close(guided(quantised), guided(dequantised), rtol=1e-4, atol=1e-4)
+
+
+def test_an_attention_override_installed_before_the_pack_keeps_running_and_keeps_its_results():
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    calls = []
+
+    def their_backend(func, *args, **kwargs):  # as KJNodes' attention nodes do: one backend for every call
+        calls.append(1)
+        return attention_pytorch.__wrapped__(*args, **kwargs)
+
+    model = random_model("wan")
+    theirs = model.clone()
+    theirs.model_options["transformer_options"]["optimized_attention_override"] = their_backend
+    alone = sample(theirs, "wan")
+    calls_alone = len(calls)
+    patched, handle = run_node(AttentionCapture, model=theirs, blocks="1", branches="both", storage="cpu",
+                               storage_dtype="float32").args
+    calls.clear()
+    torch.testing.assert_close(sample(patched, "wan"), alone, rtol=0, atol=0)
+    assert len(calls) == calls_alone > 0  # every attention call still went through their backend
+    captured = run_node(CapturedFeatures, capture=handle, latent={"samples": alone}).args[0]
+    plain, plain_handle = run_node(AttentionCapture, model=model, blocks="1", branches="both", storage="cpu",
+                                   storage_dtype="float32").args
+    plain_samples = sample(plain, "wan")
+    assert_same_captures(captured, run_node(CapturedFeatures, capture=plain_handle, latent={"samples": plain_samples}).args[0])
