@@ -53,6 +53,8 @@ FAMILIES: dict[str, Family] = {family.adapter: family for family in (
         "wan_vace": ModelConfig("WAN21_Vace", _wan(vace_layers=2, vace_in_dim=96, model_type="vace"), WAN_VIDEO),
         "wan_camera": ModelConfig("WAN21_Camera", _wan(in_dim=32, in_dim_control_adapter=24, model_type="camera"),
                                   WAN_VIDEO),
+        # Wan 2.2 TI2V-5B's layout: a 48-channel latent of the 16x spatial VAE.
+        "wan22_ti2v": ModelConfig("WAN22_T2V", _wan(in_dim=48, out_dim=48), (48, 3, 8, 8)),
     }, qk_references.wan, sizes={
         "wan_1.3b": ModelConfig("WAN21_T2V", _wan(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)),
         "wan_14b": ModelConfig("WAN21_T2V", _wan(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)),
