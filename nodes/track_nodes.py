@@ -105,7 +105,9 @@ class TrackPoints(io.ComfyNode):
                 block, chosen = choose_captured_block(features, images, settings)
                 blocks = str(block)
             used = resolve_blocks(blocks, "fuse", features.blocks())
-            bar = comfy.utils.ProgressBar(len({p for frames in features.chunk_frames for p in frames}) * len(groups))
+            # One step per (query frame, other token frame) pair, as track_points reports them.
+            token_frames = len({p for frames in features.chunk_frames for p in frames})
+            bar = comfy.utils.ProgressBar(max(1, token_frames - 1) * len(groups))
             tracks = track_points(features.select_many(used), queries, frame_size, frame_count, settings, progress_step(bar),
                                   compute_window(), images)
         else:
@@ -118,7 +120,7 @@ class TrackPoints(io.ComfyNode):
             for frame, rows in groups:  # one extraction per query frame, with that frame in every chunk
                 reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
                 extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
-                bar = comfy.utils.ProgressBar(len(positions))
+                bar = comfy.utils.ProgressBar(max(1, len(positions) - 1))  # every frame but the query's
                 parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
                                                  settings, progress_step(bar), compute_window(), images)))
                 extracted.release()
