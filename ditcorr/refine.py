@@ -33,6 +33,7 @@ class PixelSettings:
     max_shift: float = 1.0  # tokens the pixel step may move a point from the DiT's position
     median_radius: int = 4  # the coarse track's running median over 2r+1 frames (within visible runs); 0 = off
     element_budget: int = 2**24  # patch pixels (frames x points x pixels) aligned in one batch: bounds the memory
+    frames_per_chunk: int = 48  # frames held on the device at once (two chunks with the prefetch): flat in video length
 
 
 @dataclass
@@ -233,7 +234,7 @@ def _refine(copier: FrameCopier, queries: torch.Tensor, query_frames: torch.Tens
 def frame_spans(count: int, points: int, settings: PixelSettings) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """How refine_tracks walks a video of `count` frames with `points` points of one query frame: per chunk, the
     frames it refines [first, end) and the slice of frames it reads [low, high) (one more on either side)."""
-    span = max(1, settings.element_budget // (points * (2 * settings.radius + 3) ** 2))
+    span = max(1, min(settings.frames_per_chunk, settings.element_budget // (points * (2 * settings.radius + 3) ** 2)))
     return [((first, min(count, first + span)), (max(0, first - 1), min(count, first + span + 1)))
             for first in range(0, count, span)]
 
