@@ -11,6 +11,13 @@ GGUF: the tiny trained Wan written as GGUF (Q8_0, Q4_0, Q5_1 weights; the `gguf`
 loaded by city96's UnetLoaderGGUF (its GGUFModelPatcher and GGMLOps): captures equal those of the same weights
 dequantised and loaded by the stock loader; Track Points and CAG give the same results on both.
 
+fp8 scaled weights: the tiny trained Wan stored the way ComfyUI's fp8-scaled files are (e4m3fn block weights, a
+`scale_weight` per layer, the `scaled_fp8` marker), loaded by the stock UNETLoader under inference mode as
+ComfyUI's executor runs it: the layers are ComfyUI's mixed-precision ops on QuantizedTensor weights, and with
+`weight_dtype` default captures, Track Points and CAG equal those of the dequantised weights (w * scale) loaded
+plainly, within float rounding; with fp8_e4m3fn (every other weight stored in fp8 too) q/k stay within fp8's
+relative precision of them, and tracking and CAG run.
+
 Another attention backend: an `optimized_attention_override` installed before the pack's patches, the way KJNodes'
 attention nodes install theirs (routing every call to one of ComfyUI's backends): the pack's hooks run through it
 (it still sees every attention call) and, with capture on, the sampler's output equals running it alone.
@@ -224,3 +231,58 @@ def test_an_attention_override_installed_before_the_pack_keeps_running_and_keeps
                                    storage_dtype="float32").args
     plain_samples = sample(plain, "wan")
     assert_same_captures(captured, run_node(CapturedFeatures, capture=plain_handle, latent={"samples": plain_samples}).args[0])
+
+
+@pytest.fixture(scope="module")
+def fp8_files(tmp_path_factory):
+    """(folder holding tiny_fp8_scaled.safetensors, its weights dequantised)."""
+    import comfy.utils
+
+    folder = tmp_path_factory.mktemp("fp8")
+    stored, dequantised = {}, {}
+    for key, value in comfy.utils.load_torch_file(str(TRAINED / TRAINED_DIT)).items():
+        if key.startswith("blocks.") and key.endswith(".weight") and value.ndim == 2:
+            scale = value.float().abs().max() / torch.finfo(torch.float8_e4m3fn).max
+            weight = (value.float() / scale).to(torch.float8_e4m3fn)
+            stored[key], stored[f"{key[:-len('weight')]}scale_weight"] = weight, scale.reshape(())
+            dequantised[key] = weight.float() * scale
+        else:
+            stored[key], dequantised[key] = value, value.float()
+    stored["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)  # the marker of the (pre-0.8) scaled format
+    save_file(stored, str(folder / "tiny_fp8_scaled.safetensors"))
+    return folder, dequantised
+
+
+@pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn"])
+def test_fp8_scaled_models_capture_track_and_guide_as_their_dequantised_weights(fp8_files, weight_dtype, monkeypatch):
+    import comfy.sd
+
+    folder, dequantised = fp8_files
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(folder)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    with torch.inference_mode():  # as ComfyUI's executor runs the loader
+        fp8 = comfy_nodes.UNETLoader().load_unet("tiny_fp8_scaled.safetensors", weight_dtype)[0]
+    plain = comfy.sd.load_diffusion_model_state_dict(dict(dequantised))
+    layer = fp8.get_model_object("diffusion_model").blocks[0].self_attn.q
+    assert type(layer.weight).__name__ == "QuantizedTensor"  # ComfyUI's fp8 path, not a converted copy
+    images = torch.rand(5, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    vae = random_wan_vae()
+    with torch.inference_mode():
+        extract = lambda m: run_node(ExtractVideoFeatures, model=m, vae=vae, images=images, blocks="2, 7",  # noqa: E731
+                                     storage="cpu", storage_dtype="float32").args[0]
+        got, expected = extract(fp8), extract(plain)
+        track = lambda m: run_node(TrackPoints, model=m, vae=vae, images=images,  # noqa: E731
+                                   points="[[20, 30], [40, 12]]", frames_per_chunk=5).args[0]["track_path"]
+        guided = lambda m: sample(run_node(CAGModelPatch, model=m, blocks="3, 4").args[0], "wan", steps=2)  # noqa: E731
+        if weight_dtype == "fp8_e4m3fn":
+            # The loader also stores every other weight in e4m3fn (unscaled): q/k move by fp8 rounding, no more,
+            # and tracking and CAG run on it.
+            for key, qk in expected.captures.items():
+                for name in ("q", "k"):
+                    error = (getattr(got.captures[key], name) - getattr(qk, name)).norm() / getattr(qk, name).norm()
+                    assert error < 0.0625  # e4m3fn's relative precision (3 mantissa bits)
+            assert torch.isfinite(track(fp8)).all() and torch.isfinite(guided(fp8)).all()
+            return
+        assert_same_captures(got, expected)
+        torch.testing.assert_close(track(fp8), track(plain), rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(guided(fp8), guided(plain), rtol=1e-4, atol=1e-4)
