@@ -18,6 +18,10 @@ ComfyUI's executor runs it: the layers are ComfyUI's mixed-precision ops on Quan
 plainly, within float rounding; with fp8_e4m3fn (every other weight stored in fp8 too) q/k stay within fp8's
 relative precision of them, and tracking and CAG run.
 
+Wan 2.2 TI2V-5B: its layout (a 48-channel DiT of WAN22_T2V) with its VAE (48 channels, 16x spatial) through the
+stock VAE loader, the network built narrower (ComfyUI 0.8's loader builds this VAE at its full 700M-parameter width
+only): extraction, Track Points and the points editor's frame in pixels of the video, 32-pixel tokens.
+
 Another attention backend: an `optimized_attention_override` installed before the pack's patches, the way KJNodes'
 attention nodes install theirs (routing every call to one of ComfyUI's backends): the pack's hooks run through it
 (it still sees every attention call) and, with capture on, the sampler's output equals running it alone.
@@ -25,6 +29,7 @@ attention nodes install theirs (routing every call to one of ComfyUI's backends)
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import comfy.model_management
 import folder_paths
@@ -36,6 +41,7 @@ from safetensors.torch import save_file
 from difftrack_devkit.gguf_files import GGUF_PACK, load_node_pack, write_gguf
 from difftrack_devkit.models import random_model, random_wan_vae, sample
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT
+from PIL import Image
 from difftrack_devkit.nodes import run_node
 from difftrack_pack.nodes.cag_nodes import CAGModelPatch
 from difftrack_pack.nodes.capture_nodes import AttentionCapture, CapturedFeatures, ExtractVideoFeatures
@@ -286,3 +292,38 @@ def test_fp8_scaled_models_capture_track_and_guide_as_their_dequantised_weights(
         assert_same_captures(got, expected)
         torch.testing.assert_close(track(fp8), track(plain), rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(guided(fp8), guided(plain), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def ti2v_vae(monkeypatch):
+    """Wan 2.2 TI2V-5B's VAE through the stock loader (comfy.sd.VAE), its network 16 wide instead of 160."""
+    import comfy.ldm.wan.vae2_2 as wan22
+    import comfy.sd
+
+    from difftrack_devkit.models import randomize_
+
+    narrow = dict(dim=16, dec_dim=16)
+    network = wan22.WanVAE(z_dim=48, temperal_downsample=[False, True, True], **narrow)
+    randomize_(network, 4)
+    full_width = wan22.WanVAE
+    monkeypatch.setattr(wan22, "WanVAE", lambda **config: full_width(**{**config, **narrow}))
+    vae = comfy.sd.VAE(sd=network.state_dict())
+    monkeypatch.undo()
+    assert vae.latent_channels == 48 and vae.downscale_index_formula == (4, 16, 16)  # the loader took it for 2.2's
+    return vae
+
+
+def test_ti2v_5b_extracts_and_tracks_in_pixels_of_the_video(ti2v_vae):
+    model = random_model("wan22_ti2v")
+    images = torch.rand(9, 128, 96, 3, generator=torch.Generator().manual_seed(0))
+    features = run_node(ExtractVideoFeatures, model=model, vae=ti2v_vae, images=images, blocks="1",
+                        frames_per_chunk=0).args[0]
+    qk = next(iter(features.captures.values()))
+    assert features.frame_size == (128, 96) and tuple(qk.q.shape[2:4]) == (4, 3)  # 32-pixel tokens
+    result = run_node(TrackPoints, model=model, vae=ti2v_vae, images=images, points="[[40, 72], [70, 20, 4]]",
+                      frames_per_chunk=0)
+    path = result.args[0]["track_path"]
+    assert path.shape == (9, 2, 2) and torch.isfinite(path).all()
+    assert path[0, 0].tolist() == [40.0, 72.0] and path[4, 1].tolist() == [70.0, 20.0]  # through its query points
+    (frame,) = result.ui["difftrack_frame"]  # what the points editor shows and maps clicks on: the frame itself
+    assert Image.open(Path(folder_paths.get_temp_directory(), frame["subfolder"], frame["filename"])).size == (96, 128)
