@@ -1,4 +1,4 @@
-"""GGUF files of tiny models, laid out as city96's ComfyUI-GGUF reads them, and that pack loaded for tests.
+"""GGUF files of tiny models, laid out as city96's ComfyUI-GGUF reads them, and third-party packs loaded for tests.
 
 The `gguf` package (llama.cpp's writer and quantisers) writes them: 2-D weights of
 at least 1,024 values in the chosen quantised type, everything else in F32, and
@@ -30,6 +30,18 @@ def load_node_pack(folder: str):
     spec = importlib.util.spec_from_file_location(folder, path / "__init__.py", submodule_search_locations=[str(path)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[folder] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_node_module(folder: str, path: str, name: str):
+    """Import one file of a node pack in custom_nodes_extra as a module of its own (for a file without relative
+    imports, when the pack's __init__ needs more than a test host has, as KJNodes' needs ComfyUI's server)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, EXTRA_PACKS / folder / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -42,6 +42,20 @@ class QK:
         return self.q.numel() * self.q.element_size() + self.k.numel() * self.k.element_size()
 
 
+def steps_in_sampling_order(captures: list[dict[CaptureKey, QK]]) -> dict[CaptureKey, QK]:
+    """Captures of models that ran one after the other on one schedule (Wan 2.2's high- and low-noise experts, each
+    with its own sampler and so its own step numbers from 0) as one set, steps renumbered in the order they ran:
+    by falling σ, ties in the order of `captures`. Every other field of a key is kept."""
+    steps = {}  # (which capture, its step) -> σ
+    for index, captured in enumerate(captures):
+        for key, qk in captured.items():
+            steps.setdefault((index, key.step), qk.sigma)
+    order = sorted(steps, key=lambda step: (-steps[step], step))
+    renumbered = {step: new for new, step in enumerate(order)}
+    return {CaptureKey(key.block, renumbered[(index, key.step)], key.branch, key.sample, key.chunk): qk
+            for index, captured in enumerate(captures) for key, qk in captured.items()}
+
+
 class FeatureChunk(NamedTuple):
     """One chunk's captured q/k and where its token frames sit in the source video."""
 

@@ -7,6 +7,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ditcorr import DitFeatures, latent_frame_positions, point_cost_over_video, render_heatmaps, source_frame_count
+from ..ditcorr.features import steps_in_sampling_order
 from ..ditcorr.track import TrackSettings
 from .adapters import supported_names
 from .analysis import choose_captured_block, with_best_block
@@ -75,17 +76,34 @@ class CapturedFeatures(io.ComfyNode):
             inputs=[
                 DitCaptureType.Input("capture", tooltip="From Attention Capture."),
                 io.Latent.Input("latent", tooltip="The sampler's output: wiring it makes this node run after sampling."),
+                DitCaptureType.Input("capture_2", optional=True,
+                                     tooltip="A second model's capture on the same video, run on later steps (Wan "
+                                             "2.2's low-noise expert after the high-noise one, each with its own "
+                                             "Attention Capture and sampler): one set of features from both, steps "
+                                             "numbered in the order they ran (by σ)."),
             ],
             outputs=[DitFeaturesType.Output(display_name="features")],
         )
 
     @classmethod
-    def execute(cls, capture: CaptureHandle, latent) -> io.NodeOutput:
+    def execute(cls, capture: CaptureHandle, latent, capture_2: CaptureHandle | None = None) -> io.NodeOutput:
+        handles = [capture] if capture_2 is None else [capture, capture_2]
+        for number, handle in enumerate(handles, start=1):
+            problem = handle.session.missing()
+            if problem is not None:
+                raise RuntimeError(problem if len(handles) == 1 else f"capture {number}: {problem}")
+            handle.session.store.synchronize()
         session = capture.session
-        problem = session.missing()
-        if problem is not None:
-            raise RuntimeError(problem)
-        session.store.synchronize()
+        if capture_2 is not None:
+            other = capture_2.session
+            grids = [tuple(next(iter(h.session.captures.values())).q.shape[1:4]) for h in handles]
+            if other.adapter.name != session.adapter.name or capture_2.vae_ratios != capture.vae_ratios:
+                raise ValueError(f"capture_2 comes from a {other.adapter.name} model, capture from a "
+                                 f"{session.adapter.name} one: connect the two experts of one model family.")
+            if grids[0] != grids[1]:
+                raise ValueError(f"The two captures saw latents of different sizes (token frames x height x width "
+                                 f"{grids[0]} and {grids[1]}): run both experts' samplers on the same latent.")
+        captures = steps_in_sampling_order([h.session.captures for h in handles]) if capture_2 else dict(session.captures)
         temporal, spatial = capture.vae_ratios
         tokens_t = next(iter(session.captures.values())).q.shape[1]
         samples = latent["samples"]
@@ -94,8 +112,8 @@ class CapturedFeatures(io.ComfyNode):
             frame_count=source_frame_count(tokens_t, temporal),
             chunk_frames=[latent_frame_positions(tokens_t, temporal)],
             model=session.adapter.name,
-            captures=dict(session.captures),
-            storage=session.store.summary(),
+            captures=captures,
+            storage=" + ".join(h.session.store.summary() for h in handles),
         )
         return io.NodeOutput(features, ui=ui.PreviewText(features.storage))
 

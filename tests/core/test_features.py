@@ -40,3 +40,20 @@ def test_latent_frame_positions_of_a_causal_vae():
     positions = latent_frame_positions(21, 4)
     assert positions[:3] == (0.0, 2.5, 6.5)
     assert positions[-1] == 78.5
+
+
+def test_two_experts_steps_are_numbered_in_the_order_they_ran():
+    from difftrack_pack.ditcorr.features import steps_in_sampling_order
+
+    def captured(steps_and_sigmas, block=1):
+        return {CaptureKey(block, step, "cond", 0, 0): QK(torch.full((1,), float(step)), torch.zeros(1), sigma)
+                for step, sigma in steps_and_sigmas}
+
+    high = captured([(0, 1.0), (1, 0.8)])  # the high-noise expert's own steps 0, 1
+    low = {**captured([(0, 0.5), (1, 0.2)]), **captured([(0, 0.5)], block=2)}  # the low-noise one's, from 0 again
+    merged = steps_in_sampling_order([high, low])
+    assert sorted((key.block, key.step, qk.sigma) for key, qk in merged.items()) == [
+        (1, 0, 1.0), (1, 1, 0.8), (1, 2, 0.5), (1, 3, 0.2), (2, 2, 0.5)]
+    assert merged[CaptureKey(1, 3, "cond", 0, 0)] is low[CaptureKey(1, 1, "cond", 0, 0)]  # the same tensors, renamed
+    tied = steps_in_sampling_order([captured([(0, 0.5)]), captured([(0, 0.5)])])
+    assert sorted(key.step for key in tied) == [0, 1]  # equal σ: in the order the captures are given

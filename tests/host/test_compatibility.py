@@ -22,9 +22,14 @@ Wan 2.2 TI2V-5B: its layout (a 48-channel DiT of WAN22_T2V) with its VAE (48 cha
 stock VAE loader, the network built narrower (ComfyUI 0.8's loader builds this VAE at its full 700M-parameter width
 only): extraction, Track Points and the points editor's frame in pixels of the video, 32-pixel tokens.
 
-Another attention backend: an `optimized_attention_override` installed before the pack's patches, the way KJNodes'
-attention nodes install theirs (routing every call to one of ComfyUI's backends): the pack's hooks run through it
-(it still sees every attention call) and, with capture on, the sampler's output equals running it alone.
+Wan 2.2's two experts: a high-noise and a low-noise model, each with its own Attention Capture and KSamplerAdvanced on
+split steps; Captured Features reads both as one set of features, steps in the order they ran, and Track Points
+fuses them.
+
+Another attention backend: KJNodes' own `optimized_attention_override` (GGUFLoaderKJ's sdpa override, from its
+module file loaded alone: the pack's __init__ imports ComfyUI's server) on a GGUF model before the pack's patches:
+every attention call still reaches it, and with capture on the sampler's output equals running it alone, with the
+same captures as the model without the override.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from difftrack_devkit.gguf_files import GGUF_PACK, load_node_pack, write_gguf
+from difftrack_devkit.gguf_files import GGUF_PACK, load_node_module, load_node_pack, write_gguf
 from difftrack_devkit.models import random_model, random_wan_vae, sample
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT
 from PIL import Image
@@ -213,32 +218,6 @@ def test_gguf_models_capture_track_and_guide_as_their_dequantised_weights(gguf_m
     torch.testing.assert_close(guided(quantised), guided(dequantised), rtol=1e-4, atol=1e-4)
 
 
-def test_an_attention_override_installed_before_the_pack_keeps_running_and_keeps_its_results():
-    from comfy.ldm.modules.attention import attention_pytorch
-
-    calls = []
-
-    def their_backend(func, *args, **kwargs):  # as KJNodes' attention nodes do: one backend for every call
-        calls.append(1)
-        return attention_pytorch.__wrapped__(*args, **kwargs)
-
-    model = random_model("wan")
-    theirs = model.clone()
-    theirs.model_options["transformer_options"]["optimized_attention_override"] = their_backend
-    alone = sample(theirs, "wan")
-    calls_alone = len(calls)
-    patched, handle = run_node(AttentionCapture, model=theirs, blocks="1", branches="both", storage="cpu",
-                               storage_dtype="float32").args
-    calls.clear()
-    torch.testing.assert_close(sample(patched, "wan"), alone, rtol=0, atol=0)
-    assert len(calls) == calls_alone > 0  # every attention call still went through their backend
-    captured = run_node(CapturedFeatures, capture=handle, latent={"samples": alone}).args[0]
-    plain, plain_handle = run_node(AttentionCapture, model=model, blocks="1", branches="both", storage="cpu",
-                                   storage_dtype="float32").args
-    plain_samples = sample(plain, "wan")
-    assert_same_captures(captured, run_node(CapturedFeatures, capture=plain_handle, latent={"samples": plain_samples}).args[0])
-
-
 @pytest.fixture(scope="module")
 def fp8_files(tmp_path_factory):
     """(folder holding tiny_fp8_scaled.safetensors, its weights dequantised)."""
@@ -327,3 +306,77 @@ def test_ti2v_5b_extracts_and_tracks_in_pixels_of_the_video(ti2v_vae):
     assert path[0, 0].tolist() == [40.0, 72.0] and path[4, 1].tolist() == [70.0, 20.0]  # through its query points
     (frame,) = result.ui["difftrack_frame"]  # what the points editor shows and maps clicks on: the frame itself
     assert Image.open(Path(folder_paths.get_temp_directory(), frame["subfolder"], frame["filename"])).size == (96, 128)
+
+
+def test_two_experts_captured_as_one_set_of_features_in_the_order_they_ran():
+    from difftrack_devkit.models import text_conditioning
+
+    high, low = random_model("wan", seed=1), random_model("wan", seed=2)
+    positive, negative = text_conditioning(high, 1), text_conditioning(high, 2)
+    capture = lambda model: run_node(AttentionCapture, model=model, blocks="1, 2", storage="cpu",  # noqa: E731
+                                     storage_dtype="float32").args
+    (high_patched, high_capture), (low_patched, low_capture) = capture(high), capture(low)
+    sampler = comfy_nodes.KSamplerAdvanced()
+    latent = {"samples": torch.zeros(1, 16, 3, 8, 8)}
+    (mid,) = sampler.sample(high_patched, "enable", 0, 4, 1.0, "euler", "simple", positive, negative, latent, 0, 2, "enable")
+    (out,) = sampler.sample(low_patched, "disable", 0, 4, 1.0, "euler", "simple", positive, negative, mid, 2, 4, "disable")
+    features = run_node(CapturedFeatures, capture=high_capture, latent=out, capture_2=low_capture).args[0]
+    steps = sorted({key.step for key in features.captures})
+    assert steps == [0, 1, 2, 3]  # each sampler alone numbered its two steps 0 and 1
+    sigmas = [next(qk.sigma for key, qk in features.captures.items() if key.step == step) for step in steps]
+    assert sigmas == sorted(sigmas, reverse=True)
+    for key, qk in high_capture.session.captures.items():  # the high-noise expert's steps come first, as they ran
+        assert torch.equal(features.captures[key].q, qk.q)
+    for key, qk in low_capture.session.captures.items():
+        moved = type(key)(key.block, key.step + 2, key.branch, key.sample, key.chunk)
+        assert torch.equal(features.captures[moved].q, qk.q)
+    tracks = run_node(TrackPoints, features=features, readout="refined", points="[[20, 30]]").args[0]
+    assert torch.isfinite(tracks["track_path"]).all() and tracks["difftrack_blocks"] == [1, 2]
+    unused = run_node(AttentionCapture, model=low, blocks="1").args[1]
+    with pytest.raises(RuntimeError, match="capture 2: The capture saw no forward"):
+        run_node(CapturedFeatures, capture=high_capture, latent=out, capture_2=unused)
+    small_patched, small_capture = capture(low)
+    sampler.sample(small_patched, "disable", 0, 4, 1.0, "euler", "simple", positive, negative,
+                   {"samples": torch.zeros(1, 16, 3, 4, 4)}, 2, 4, "disable")
+    with pytest.raises(ValueError, match="latents of different sizes.*run both experts' samplers on the same latent"):
+        run_node(CapturedFeatures, capture=high_capture, latent=out, capture_2=small_capture)
+
+
+def test_kjnodes_attention_override_runs_under_the_pack_and_keeps_its_samples(tmp_path, monkeypatch):
+    import comfy.ldm.modules.attention as attention
+    import comfy.utils
+
+    write_gguf(comfy.utils.load_torch_file(str(TRAINED / TRAINED_DIT)), tmp_path / "tiny.gguf", "Q8_0")
+    pack = load_node_pack(GGUF_PACK)
+    for key in ("unet", "diffusion_models", "unet_gguf"):
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, key, ([str(tmp_path)], {".gguf"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    kjnodes = load_node_module("ComfyUI-KJNodes", "nodes/model_optimization_nodes.py", "kjnodes_model_optimization")
+    plain = pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet("tiny.gguf")[0]
+    # What GGUFLoaderKJ does with attention_override "sdpa" (the node itself expects a newer ComfyUI-GGUF's loader,
+    # returning (state dict, metadata), than the snapshot here): KJNodes' own override on the loaded model.
+    theirs = plain.clone()
+    theirs.model_options["transformer_options"]["optimized_attention_override"] = \
+        kjnodes.GGUFLoaderKJ.ATTENTION_OVERRIDES["sdpa"]
+
+    calls = []
+    sdpa = attention.attention_pytorch.__wrapped__
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+    counting = lambda *args, **kwargs: counted(*args, **kwargs)  # noqa: E731
+    counting.__wrapped__ = counted  # what KJNodes' override calls
+    monkeypatch.setattr(attention, "attention_pytorch", counting)
+
+    alone = sample(theirs, "wan")
+    calls_alone = len(calls)
+    patched, handle = run_node(AttentionCapture, model=theirs, blocks="3", branches="both", storage="cpu",
+                               storage_dtype="float32").args
+    calls.clear()
+    torch.testing.assert_close(sample(patched, "wan"), alone, rtol=0, atol=0)
+    assert len(calls) == calls_alone > 0  # every attention call still reached KJNodes' backend
+    captured = run_node(CapturedFeatures, capture=handle, latent={"samples": alone}).args[0]
+    reference, reference_handle = run_node(AttentionCapture, model=plain, blocks="3", branches="both", storage="cpu",
+                                           storage_dtype="float32").args
+    samples = sample(reference, "wan")
+    assert_same_captures(captured, run_node(CapturedFeatures, capture=reference_handle, latent={"samples": samples}).args[0])
