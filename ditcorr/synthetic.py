@@ -184,6 +184,14 @@ class Scene:
             frames.append(frame)
         return torch.stack(frames)
 
+    def labels(self) -> torch.Tensor:
+        """[T, H, W] long: which layer each pixel shows (0 the background, k sprite k), sampled at pixel centres as
+        render() samples colours: exact per-object masks of every frame."""
+        height, width = self.frame_size
+        ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+        pixels = torch.stack([xs, ys], -1).float()
+        return torch.stack([self.layer_at(pixels, torch.full((height, width), float(t))) for t in range(self.frames)])
+
     def _background_coords(self, pixels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Background texture coordinates in [-1, 1] of pixel points at times t (the background pans by `pan`)."""
         shifted = pixels + self.pan * t[..., None] + self.margin

@@ -81,3 +81,19 @@ def test_motion_regimes_keep_their_speed_limits():
 def test_mixed_regime_draws_pan_and_sprites_from_every_regime():
     pans = torch.stack([Scene(seed, (256, 256), 24, motion="mixed").pan.norm() for seed in range(24)])
     assert (pans == 0).any() and (pans > 1.5).any() and ((pans > 0) & (pans <= 1.0)).any()
+
+
+@pytest.mark.parametrize("motion", ["fast", "static-camera"])
+def test_labels_are_the_objects_the_renderer_drew(motion):
+    scene = Scene(3, (64, 64), 9, motion=motion)
+    labels = scene.labels()
+    assert labels.shape == (9, 64, 64) and labels.dtype == torch.long
+    assert set(labels.unique().tolist()) <= set(range(len(scene.sprites) + 1)) and (labels > 0).any()
+    # A visible point of a sprite lies on that sprite's label wherever it goes.
+    queries = scene.queries(300, 0)
+    tracks, visible = scene.track(queries)
+    layer = scene.layer_at(queries[:, :2], queries[:, 2])
+    pixel = tracks.floor().long().clamp(0, 63)
+    on = labels[torch.arange(9)[None].expand(300, -1), pixel[..., 1], pixel[..., 0]]
+    agree = (on == layer[:, None])[visible]
+    assert agree.float().mean() > 0.97  # all but points within a pixel of an edge
