@@ -89,3 +89,22 @@ def propagate_labels(q: torch.Tensor, k: torch.Tensor, first_labels: torch.Tenso
             labels[target, :, rows] = context_labels @ affinity.T
         on_frame()
     return labels.reshape(frames, -1, height, width)
+
+
+def labels_to_pixels(labels: torch.Tensor, frames: torch.Tensor, radius: int | None = None,
+                     eps: float = 1e-2) -> torch.Tensor:
+    """Token-grid soft labels [T, L, h, w] at the frames' pixels [T, L, H, W]: bilinear upsampling, then kornia's
+    guided filter with the frame ([T, H, W, 3] in [0, 1]) as guidance, so label edges snap to image edges.
+    radius: the filter's window half-width in pixels (one token when None); eps: its regulariser (smaller follows
+    the image more closely). The result is renormalised to sum to 1 per pixel."""
+    try:
+        from kornia.filters import guided_blur
+    except ImportError as error:  # ComfyUI lists kornia among its requirements; a trimmed install may lack it
+        raise ImportError("Edge-aware mask upsampling needs kornia (in ComfyUI's requirements.txt): "
+                          "pip install kornia.") from error
+    height, width = frames.shape[1:3]
+    radius = radius if radius is not None else max(1, round(height / labels.shape[-2]))
+    up = torch.nn.functional.interpolate(labels.float(), size=(height, width), mode="bilinear", align_corners=False)
+    guidance = frames.permute(0, 3, 1, 2).float().to(up.device)
+    smoothed = guided_blur(guidance, up, 2 * radius + 1, eps).clamp(min=0)
+    return smoothed / smoothed.sum(dim=1, keepdim=True).clamp(min=1e-12)

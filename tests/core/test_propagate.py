@@ -72,3 +72,29 @@ def test_labels_must_be_on_the_token_grid():
     q = torch.zeros(1, 2, 3, 3, 4)
     with pytest.raises(ValueError, match="give them at the features' token grid"):
         propagate_labels(q, q, torch.ones(2, 4, 4))
+
+
+def test_guided_upsampling_puts_oracle_label_edges_on_the_image_edges():
+    """Token labels of the oracle scene (4-px tokens) brought to pixels: with the frames as guidance the masks
+    cover the exact pixel masks better than plain bilinear upsampling (J 0.90 -> 0.94 here), with their
+    boundaries still within DAVIS's tolerance."""
+    from difftrack_pack.ditcorr.propagate import labels_to_pixels
+    from difftrack_pack.ditcorr.vos_metrics import davis_scores
+
+    scene = Scene()
+    height, width = scene.frame_size
+    times = [float(t) for t in range(scene.frames)]
+    tokens = (height // 4, width // 4)
+    ty, tx = torch.meshgrid(torch.arange(tokens[0]) * 4 + 2.0, torch.arange(tokens[1]) * 4 + 2.0, indexing="ij")
+    py, px = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    token_truth = torch.stack([scene.surface(tx.flatten(), ty.flatten(), t)[0].reshape(tokens) for t in times])
+    pixel_truth = torch.stack([scene.surface(px.flatten(), py.flatten(), t)[0].reshape(height, width) for t in times])
+    labels = torch.nn.functional.one_hot(token_truth, 3).permute(0, 3, 1, 2).float()
+    frames = scene.render()
+    guided = labels_to_pixels(labels, frames).argmax(dim=1)
+    plain = torch.nn.functional.interpolate(labels, size=(height, width), mode="bilinear").argmax(dim=1)
+    assert torch.allclose(labels_to_pixels(labels, frames).sum(dim=1), torch.ones(scene.frames, height, width))
+    for layer in (1, 2):
+        with_guide = davis_scores(guided == layer, pixel_truth == layer)
+        without = davis_scores(plain == layer, pixel_truth == layer)
+        assert with_guide["j"] > without["j"] + 0.02 and with_guide["f"] >= 0.95
