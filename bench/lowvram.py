@@ -18,11 +18,7 @@ import time
 import torch
 
 from difftrack_devkit import bench
-
-SIZES = {
-    "tiny": dict(config="wan", latent_hw=(16, 16), dtype=torch.float32),
-    "1.3b": dict(config="wan_1.3b", latent_hw=(60, 104), dtype=torch.bfloat16),  # 480x832
-}
+from difftrack_bench.track import SIZES, tracking_inputs  # the same model sizes and inputs as the tracking benchmark
 
 
 def main() -> None:
@@ -50,11 +46,8 @@ def main() -> None:
     conditioning = text_conditioning(on_cpu, generator)
     weight_bytes = sum(t.numel() * t.element_size() for t in diffusion_model.state_dict().values())
     del on_cpu, diffusion_model
-    latent = torch.randn(1, 16, args.frames, *size["latent_hw"], generator=generator)
-    frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
-    frames = torch.rand(args.frames, *frame_size, 3, generator=generator)
-    queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
-                         torch.zeros(args.points, 1)], dim=1)
+    latent, frame_size, frames, queries = tracking_inputs(size, args.frames, args.points, generator)
+
     def run() -> dict:
         # A fresh copy of the same seeded weights each run, in CPU memory as a loader leaves them.
         weights = random_model(size["config"], dtype=size["dtype"], device="cpu").model

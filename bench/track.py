@@ -31,6 +31,17 @@ SIZES = {
 }
 
 
+def tracking_inputs(size: dict, frames: int, points: int, generator: torch.Generator):
+    """What a tracking run reads, drawn from `generator`: a per-frame latent [1, 16, F, h, w], its frame size, the
+    frames [F, H, W, 3] in CPU memory (as an IMAGE) and `points` random queries on frame 0 [N, 3]."""
+    latent = torch.randn(1, 16, frames, *size["latent_hw"], generator=generator)
+    frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
+    images = torch.rand(frames, *frame_size, 3, generator=generator)
+    queries = torch.cat([torch.rand(points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
+                         torch.zeros(points, 1)], dim=1)
+    return latent, frame_size, images, queries
+
+
 def main() -> None:
     parser = bench.parser(__doc__, SIZES)
     parser.add_argument("--points", type=int, default=1000)
@@ -48,11 +59,7 @@ def main() -> None:
     from difftrack_pack.nodes.extract import extract_from_latent
 
     size, model, block, conditioning, generator = run.size, run.model, run.middle_block, run.conditioning, run.generator
-    latent = torch.randn(1, 16, args.frames, *size["latent_hw"], generator=generator)
-    frame_size = (8 * size["latent_hw"][0], 8 * size["latent_hw"][1])
-    frames = torch.rand(args.frames, *frame_size, 3, generator=generator)  # in CPU memory, as an IMAGE
-    queries = torch.cat([torch.rand(args.points, 2, generator=generator) * torch.tensor([frame_size[1] - 1.0, frame_size[0] - 1.0]),
-                         torch.zeros(args.points, 1)], dim=1)
+    latent, frame_size, frames, queries = tracking_inputs(size, args.frames, args.points, generator)
 
     def measure(storage: str) -> tuple[dict, torch.Tensor]:
         def extract():

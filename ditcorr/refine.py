@@ -11,8 +11,8 @@ frame-to-frame (chained) alignment carries a point on from its last direct
 match while the DiT calls it visible; a point whose chain breaks (occlusion,
 no texture) is re-acquired by the direct match, and the frames in between are
 filled from the trusted frames around them.
-Every frame pair and point is aligned in one batch: no loop over frames in
-the alignment, one short loop over frames when the chain is combined.
+Every frame pair and point of a chunk of frames is aligned in one batch, and
+the combination through time is vectorised: no loop over frames or points.
 """
 from __future__ import annotations
 
@@ -95,25 +95,23 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
     template_pyramid, target_pyramid: grey_pyramid of frames (may be the same). template_frames [Gt] and
     target_frames [G]: long indices into them (Gt is G, or 1 for one template frame shared by every group);
     template_at [Gt, N, 2] and start [G, N, 2]: (x, y) pixels of each patch's centre in its template frame and of
-    the first guess in its target frame. The patch is weighted by a Gaussian of half its width, so its centre counts most; patches are
-    compared after removing their mean and contrast. Returns where each patch's centre lands in its target frame.
+    the first guess in its target frame. The patch is weighted by a Gaussian of half its width, so its centre
+    counts most; patches are compared after removing their mean and contrast. Returns where each patch's centre
+    lands in its target frame, with the residual and texture of the finest level.
     """
     offsets = _offsets(settings.radius, start.device)  # [K, 2]
+    wide = _offsets(settings.radius + 1, start.device)  # one pixel wider, for the template's central differences
+    side = 2 * settings.radius + 3
     weight = torch.exp(-(offsets ** 2).sum(-1) / (2 * (settings.radius / 2 + 0.5) ** 2))  # [K]
     weight = weight / weight.sum()
     groups, count = start.shape[:2]
-    position = start.float().clone()
-    residual = torch.zeros(groups, count, device=start.device)
-    textured = torch.ones(groups, count, dtype=torch.bool, device=start.device)
+    here = start.float()
     centred = lambda values: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
     contrast = lambda values: (values ** 2 * weight).sum(-1, keepdim=True).sqrt().clamp(min=1e-6)  # noqa: E731
     for level in reversed(range(len(target_pyramid))):
-        scale = 0.5 ** level
         targets = target_pyramid[level][target_frames]  # selected once per level, read every iteration
         # Template and its gradient from a patch one pixel wider (central differences), once per level.
-        wide = _offsets(settings.radius + 1, start.device)
-        side = 2 * settings.radius + 3
-        patch = _sample(template_pyramid[level][template_frames], (template_at * scale)[:, :, None] + wide)
+        patch = _sample(template_pyramid[level][template_frames], (template_at * 0.5 ** level)[:, :, None] + wide)
         patch = patch.view(template_at.shape[0], count, side, side)
         template = centred(patch[:, :, 1:-1, 1:-1].flatten(2))  # [G, N, K]
         template_contrast = contrast(template)
@@ -128,18 +126,17 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
             target = centred(_sample(targets, centre[:, :, None] + offsets))
             return target * (template_contrast / contrast(target)) - template
 
-        here = position * scale
+        here = here * 0.5 ** level  # this level's pixels
         for _ in range(settings.iterations):
             error = mismatch(here)
             bx, by = (gx * error * weight).sum(-1), (gy * error * weight).sum(-1)
             step = torch.stack([(hyy * bx - hxy * by) / determinant, (hxx * by - hxy * bx) / determinant], dim=-1)
             here = here - step.clamp(-settings.radius, settings.radius)
-        position = here / scale
-        if level == 0:
-            residual = contrast(mismatch(here))[..., 0] / template_contrast[..., 0]
-            smallest = (hxx + hyy) / 2 - (((hxx - hyy) / 2) ** 2 + hxy ** 2).sqrt()
-            textured = (smallest >= settings.min_texture).expand(groups, count)
-    return Alignment(position, residual, textured)
+        here = here * 2 ** level  # back to full-resolution pixels
+    # The loop ends on level 0, the frames themselves: its residual and texture decide trust.
+    residual = contrast(mismatch(here))[..., 0] / template_contrast[..., 0]
+    smallest = (hxx + hyy) / 2 - (((hxx - hyy) / 2) ** 2 + hxy ** 2).sqrt()
+    return Alignment(here, residual, (smallest >= settings.min_texture).expand(groups, count))
 
 
 def refine_tracks(frames: torch.Tensor, queries: torch.Tensor, path: torch.Tensor, visible: torch.Tensor,
@@ -159,11 +156,8 @@ def refine_tracks(frames: torch.Tensor, queries: torch.Tensor, path: torch.Tenso
     query_frames = queries[:, 2].round().long().cpu()
     # No host synchronisation until the end: the DiT read-out queued before may still be running on the GPU, and
     # the first frames copy (on a side stream) while it does.
-    copier = copier or FrameCopier(frames, device)
-    try:
+    with copier or FrameCopier(frames, device) as copier:
         return _refine(copier, queries, query_frames, path, visible, reach, levels, settings)
-    finally:
-        copier.close()
 
 
 def prefetch_frames(frames: torch.Tensor, queries: torch.Tensor, device: torch.device,
@@ -278,9 +272,16 @@ class FrameCopier:
         return moved
 
     def close(self) -> None:
+        """Wait for copies under way and drop what was never taken (safe to call more than once)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True)
             self.pending.clear()
+
+    def __enter__(self) -> FrameCopier:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()
 
 
 def through_time(direct: torch.Tensor, direct_ok: torch.Tensor, step: torch.Tensor, step_ok: torch.Tensor,
@@ -291,11 +292,12 @@ def through_time(direct: torch.Tensor, direct_ok: torch.Tensor, step: torch.Tens
     position; direct_ok, step_ok: [L, N] whether they are trusted (a step is not where the DiT calls the point
     occluded on either frame). A frame takes the direct position where it is trusted, else the last direct
     position moved by the chained steps since, while every one of them is trusted and the result stays within
-    `reach` of the coarse position; so the chain never crosses an occlusion. Frames left over (no texture, a patch partly covered, an
-    occlusion) are filled from the pixel-trusted frames around them, never from the chain or a smoothing of its
-    neighbours: linearly between two, at constant velocity after the last. The coarse position is used only
-    where no frame but the query frame is trusted (flat colour, say); it is not used to fill gaps: measured on the synthetic clips, snapping to it (or to a token around it) made still points jump by
-    the DiT's token-sized errors (static-camera jitter 4.5-5.3 px RMS against 0.7).
+    `reach` of the coarse position; so the chain never crosses an occlusion. Frames left over (no texture, a patch
+    partly covered, an occlusion) are filled from the pixel-trusted frames around them, never from the chain or a
+    smoothing of its neighbours: linearly between two, at constant velocity after the last. The coarse position is
+    used only where no frame but the query frame is trusted (flat colour, say); it is not used to fill gaps:
+    measured on the synthetic clips, snapping to it (or to a token around it) made still points jump by the DiT's
+    token-sized errors (static-camera jitter 4.5-5.3 px RMS against 0.7).
     """
     length = direct.shape[0]
     index = torch.arange(length, device=direct.device)[:, None].expand_as(direct_ok)

@@ -168,11 +168,16 @@ class Scene:
             layer = torch.where(self._inside(sprite, self._local(sprite, points, t)), index, layer)
         return layer
 
+    def _pixel_centres(self) -> torch.Tensor:
+        """[H, W, 2] (x, y) of every pixel's centre."""
+        height, width = self.frame_size
+        ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+        return torch.stack([xs, ys], -1).float()
+
     def render(self) -> torch.Tensor:
         """[T, H, W, 3] frames, each pixel sampled at its centre."""
         height, width = self.frame_size
-        ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-        pixels = torch.stack([xs, ys], -1).float()
+        pixels = self._pixel_centres()
         frames = []
         for t in range(self.frames):
             time = torch.full((height, width), float(t))
@@ -188,8 +193,7 @@ class Scene:
         """[T, H, W] long: which layer each pixel shows (0 the background, k sprite k), sampled at pixel centres as
         render() samples colours: exact per-object masks of every frame."""
         height, width = self.frame_size
-        ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-        pixels = torch.stack([xs, ys], -1).float()
+        pixels = self._pixel_centres()
         return torch.stack([self.layer_at(pixels, torch.full((height, width), float(t))) for t in range(self.frames)])
 
     def _background_coords(self, pixels: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

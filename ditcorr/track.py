@@ -14,6 +14,7 @@ interpolated to every source frame.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -129,19 +130,15 @@ def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tu
     if settings.readout == PIXEL_READOUT:  # the frames start copying now, while the DiT read-out runs
         device = device_window.device if device_window is not None and device_window.device is not None else first.q.device
         copier = prefetch_frames(frames, queries, device, settings.pixel)
-    try:
+    with copier or contextlib.nullcontext():
         positions, token_tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame,
                                                      device_window)
-    except BaseException:
-        if copier is not None:
-            copier.close()
-        raise
-    tracks = _to_source_frames(positions, token_tracks, queries, frame_count)
-    if copier is None:
-        return tracks
-    grid = first.q.shape[2:4]
-    token_size = (frame_size[1] / grid[1], frame_size[0] / grid[0])
-    path, visible = refine_tracks(frames, queries, tracks.path, tracks.visible, token_size, settings.pixel, copier)
+        tracks = _to_source_frames(positions, token_tracks, queries, frame_count)
+        if copier is None:
+            return tracks
+        grid = first.q.shape[2:4]
+        token_size = (frame_size[1] / grid[1], frame_size[0] / grid[0])
+        path, visible = refine_tracks(frames, queries, tracks.path, tracks.visible, token_size, settings.pixel, copier)
     return Tracks(path, visible, tracks.confidence, tracks.cycle_error)
 
 

@@ -172,26 +172,28 @@ def test_torch_compile_gives_eager_results_and_compiles_once(compiled):
     torch.testing.assert_close(track(fast), track(model), rtol=1e-4, atol=1e-3)
 
 
+def tiny_gguf_model(folder: Path, quantisation: str):
+    """The tiny trained Wan written to folder/tiny.gguf and loaded by ComfyUI-GGUF's UnetLoaderGGUF, with ComfyUI's
+    model folders pointed at `folder` only while it loads: (the model, the weights the gguf package wrote)."""
+    import comfy.utils
+
+    written = write_gguf(comfy.utils.load_torch_file(str(TRAINED / TRAINED_DIT)), folder / "tiny.gguf", quantisation)
+    pack = load_node_pack(GGUF_PACK)
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("unet", "diffusion_models", "unet_gguf"):
+            patch.setitem(folder_paths.folder_names_and_paths, key, ([str(folder)], {".gguf"}))
+        patch.setattr(folder_paths, "filename_list_cache", {})
+        return pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet("tiny.gguf")[0], written
+
+
 @pytest.fixture(scope="module", params=["Q8_0", "Q4_0", "Q5_1"])
 def gguf_models(request, tmp_path_factory):
     """(the tiny trained Wan as GGUF through UnetLoaderGGUF, its weights as the pack dequantises them loaded by the stock
     loader, what the gguf package reads back from the file)."""
     import comfy.sd
-    import comfy.utils
 
     folder = tmp_path_factory.mktemp("gguf")
-    held = write_gguf(comfy.utils.load_torch_file(str(TRAINED / TRAINED_DIT)), folder / "tiny.gguf", request.param)
-    pack = load_node_pack(GGUF_PACK)
-    saved = {key: folder_paths.folder_names_and_paths.get(key) for key in ("unet", "diffusion_models", "unet_gguf")}
-    for key in saved:
-        folder_paths.folder_names_and_paths[key] = ([str(folder)], {".gguf"})
-    folder_paths.filename_list_cache.clear()
-    try:
-        quantised = pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet("tiny.gguf")[0]
-    finally:
-        for key, value in saved.items():
-            folder_paths.folder_names_and_paths[key] = value
-        folder_paths.filename_list_cache.clear()
+    quantised, held = tiny_gguf_model(folder, request.param)
     dequantise = sys.modules[f"{GGUF_PACK}.dequant"].dequantize_tensor
     read = sys.modules[f"{GGUF_PACK}.loader"].gguf_sd_loader(str(folder / "tiny.gguf"))  # the pack's own reader
     weights = {key: dequantise(tensor, torch.float32) for key, tensor in read.items()}
@@ -344,15 +346,9 @@ def test_two_experts_captured_as_one_set_of_features_in_the_order_they_ran():
 
 def test_kjnodes_attention_override_runs_under_the_pack_and_keeps_its_samples(tmp_path, monkeypatch):
     import comfy.ldm.modules.attention as attention
-    import comfy.utils
 
-    write_gguf(comfy.utils.load_torch_file(str(TRAINED / TRAINED_DIT)), tmp_path / "tiny.gguf", "Q8_0")
-    pack = load_node_pack(GGUF_PACK)
-    for key in ("unet", "diffusion_models", "unet_gguf"):
-        monkeypatch.setitem(folder_paths.folder_names_and_paths, key, ([str(tmp_path)], {".gguf"}))
-    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    plain, _ = tiny_gguf_model(tmp_path, "Q8_0")
     kjnodes = load_node_module("ComfyUI-KJNodes", "nodes/model_optimization_nodes.py", "kjnodes_model_optimization")
-    plain = pack.NODE_CLASS_MAPPINGS["UnetLoaderGGUF"]().load_unet("tiny.gguf")[0]
     # What GGUFLoaderKJ does with attention_override "sdpa" (the node itself expects a newer ComfyUI-GGUF's loader,
     # returning (state dict, metadata), than the snapshot here): KJNodes' own override on the loaded model.
     theirs = plain.clone()
