@@ -16,6 +16,9 @@ from typing import Callable
 import torch
 
 
+MAX_OBJECTS = 32  # objects propagated at once: each is a label channel of every token
+
+
 @dataclass
 class PropagationSettings:
     temperature: float | None = None  # softmax temperature of q·k; sqrt(head dim) when None
@@ -23,6 +26,8 @@ class PropagationSettings:
     radius: int | None = 6  # window half-width in tokens around the target's own position; None = the whole frame
     top_k: int = 16  # context tokens each target keeps (0 = all)
     row_batch: int = 512  # target tokens per computation
+    fit_steps: int = 30  # Adam steps fitting the head weights on the annotated frame (0 = the heads' mean)
+    fit_rate: float = 0.1  # their learning rate (on the weights' logits)
 
 
 def _window(height: int, width: int, radius: int | None, device) -> torch.Tensor | None:
@@ -34,61 +39,195 @@ def _window(height: int, width: int, radius: int | None, device) -> torch.Tensor
     return ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
 
 
-def affinities(q_target: torch.Tensor, k_context: torch.Tensor, head_weights: torch.Tensor, temperature: float,
-               allowed: torch.Tensor | None, top_k: int) -> torch.Tensor:
-    """Affinity of target tokens to context tokens.
+def head_softmax(q_target: torch.Tensor, k_context: torch.Tensor, temperature: float,
+                 allowed: torch.Tensor | None) -> torch.Tensor:
+    """Per-head attention of target tokens over context tokens.
 
-    q_target: [H, R, d] (R target tokens); k_context: [H, C, M, d] (C context frames of M tokens); head_weights: [H]
-    summing to 1; allowed: [R, M] bool (the window, the same for every context frame) or None. Returns [R, C * M]:
-    per head a softmax over every allowed context token, summed with the head weights, the top_k kept per row and
-    renormalised to sum to 1.
+    q_target: [H, R, d] (R target tokens); k_context: [H, C, M, d] (C context frames of M tokens); allowed: [R, M]
+    bool (the window, the same for every context frame) or None. Returns [H, R, C * M]: per head a softmax of
+    q·k/temperature over every allowed context token.
     """
     heads, rows, _ = q_target.shape
     contexts, tokens = k_context.shape[1:3]
     logits = torch.einsum("hrd,hcmd->hrcm", q_target.float(), k_context.float()) / temperature
     if allowed is not None:
         logits = logits.masked_fill(~allowed[None, :, None, :], -math.inf)
-    weights = torch.softmax(logits.reshape(heads, rows, contexts * tokens), dim=-1)
-    combined = torch.einsum("h,hrn->rn", head_weights.float(), weights)
+    return torch.softmax(logits.reshape(heads, rows, contexts * tokens), dim=-1)
+
+
+def renormalised(weights: torch.Tensor) -> torch.Tensor:
+    """Rows of non-negative weights [..., N] scaled to sum to 1."""
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def affinities(q_target: torch.Tensor, k_context: torch.Tensor, head_weights: torch.Tensor, temperature: float,
+               allowed: torch.Tensor | None, top_k: int) -> torch.Tensor:
+    """Affinity of target tokens to context tokens (shapes as head_softmax; head_weights: [H] summing to 1).
+    Returns [R, C * M]: the heads' softmaxes summed with the head weights, the top_k kept per row and renormalised."""
+    combined = torch.einsum("h,hrn->rn", head_weights.float(), head_softmax(q_target, k_context, temperature, allowed))
     if 0 < top_k < combined.shape[1]:
         kept, index = combined.topk(top_k, dim=1)
         combined = torch.zeros_like(combined).scatter_(1, index, kept)
-    return combined / combined.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    return renormalised(combined)
+
+
+def context_of(target: int, context: int) -> list[int]:
+    """Positions in a propagation order of the context of its `target`-th frame: the annotated frame (first) and
+    the `context` frames just before the target (those propagated to last)."""
+    return [0, *range(max(1, target - context), target)]
+
+
+def propagate_in_order(q: torch.Tensor, k: torch.Tensor, order: list[int], labels: dict[int, torch.Tensor],
+                       settings: PropagationSettings = PropagationSettings(), head_weights: torch.Tensor | None = None,
+                       on_frame: Callable[[], None] = lambda: None) -> None:
+    """Propagate soft labels along `order` inside one forward's features, in place.
+
+    q, k: [H, T, h, w, d] (token frames of one forward); order: token-frame indices, the annotated frame first, then
+    the frames to propagate to in the order they are reached; labels: token frame -> [L, h, w] soft labels (one
+    channel per object and the background, summing to 1 per token), holding at least order[0]. Frames of `order`
+    missing from `labels` are predicted, each from its context (context_of) and added; frames already there (from
+    an earlier forward) are kept and serve as context. head_weights: [H], the heads' mean when None. on_frame is
+    called after each predicted frame (progress, cancellation).
+    """
+    heads, _, height, width, dim = q.shape
+    reference = labels[order[0]]
+    if reference.shape[1:] != (height, width):
+        raise ValueError(f"The annotated frame's labels are {tuple(reference.shape[1:])} tokens, the features "
+                         f"{(height, width)}: give them at the features' token grid.")
+    tokens = height * width
+    temperature = settings.temperature or math.sqrt(dim)
+    weights = (head_weights if head_weights is not None else torch.full((heads,), 1.0 / heads)).to(q.device)
+    allowed = _window(height, width, settings.radius, q.device)
+    q_flat, k_flat = q.reshape(heads, -1, tokens, dim), k.reshape(heads, -1, tokens, dim)
+    for target in range(1, len(order)):
+        if order[target] in labels:
+            continue
+        context = [order[i] for i in context_of(target, settings.context)]
+        keys = k_flat[:, context]  # [H, C, M, d]
+        context_labels = torch.cat([labels[f].reshape(-1, tokens).to(q.device, torch.float32) for f in context], dim=1)
+        predicted = torch.empty(reference.shape[0], tokens, device=q.device)
+        for start in range(0, tokens, settings.row_batch):
+            rows = slice(start, min(tokens, start + settings.row_batch))
+            affinity = affinities(q_flat[:, order[target], rows], keys, weights, temperature,
+                                  None if allowed is None else allowed[rows], settings.top_k)
+            predicted[:, rows] = context_labels @ affinity.T
+        labels[order[target]] = predicted.reshape(-1, height, width)
+        on_frame()
 
 
 def propagate_labels(q: torch.Tensor, k: torch.Tensor, first_labels: torch.Tensor,
                      settings: PropagationSettings = PropagationSettings(), head_weights: torch.Tensor | None = None,
                      on_frame: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """Soft labels of every token frame from those of the first.
+    """Soft labels of every token frame from those of the first (one forward, frames in time order).
 
-    q, k: [H, T, h, w, d] of one video (token frames in time order, the annotated one first); first_labels:
-    [L, h, w] soft labels of frame 0 (one channel per object and the background, summing to 1 per token);
-    head_weights: [H], the heads' mean when None. Returns [T, L, h, w] (frame 0 the given labels). on_frame is
-    called after each frame (progress, cancellation).
+    q, k: [H, T, h, w, d]; first_labels: [L, h, w]. Returns [T, L, h, w] (frame 0 the given labels).
     """
-    heads, frames, height, width, dim = q.shape
-    if first_labels.shape[1:] != (height, width):
-        raise ValueError(f"The first frame's labels are {tuple(first_labels.shape[1:])} tokens, the features "
-                         f"{(height, width)}: give them at the features' token grid.")
+    labels = {0: first_labels.float().to(q.device)}
+    propagate_in_order(q, k, list(range(q.shape[1])), labels, settings, head_weights, on_frame)
+    return torch.stack([labels[t] for t in range(q.shape[1])])
+
+
+def directions(frames: tuple[float, ...], annotated: float) -> list[list[int]]:
+    """Propagation orders through one forward's token frames (source-frame positions `frames`, holding `annotated`):
+    forward in time from the annotated frame, then backward from it; each order starts with the annotated frame's
+    index. Orders with nothing to propagate to are left out."""
+    anchor = frames.index(annotated)
+    later = sorted((i for i, p in enumerate(frames) if p > annotated), key=lambda i: frames[i])
+    earlier = sorted((i for i, p in enumerate(frames) if p < annotated), key=lambda i: -frames[i])
+    return [[anchor, *side] for side in (later, earlier) if side]
+
+
+def fused_qk(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k of several blocks (or steps) of one forward as one set of heads: [sum of H, T, h, w, d] each. Every head
+    keeps its own softmax, so uniform head weights average the blocks' attention."""
+    return torch.cat([q for q, _ in chunks]), torch.cat([k for _, k in chunks])
+
+
+def fit_head_weights(q: torch.Tensor, k: torch.Tensor, annotated_labels: torch.Tensor,
+                     settings: PropagationSettings = PropagationSettings(), exclude: int = 1) -> torch.Tensor:
+    """Head weights fitted to one video from its annotated frame alone: the weights under which that frame's labels,
+    propagated to the frame itself with each token's own neighbourhood (Chebyshev radius `exclude`) left out of
+    its window, best reproduce themselves (soft Dice plus cross-entropy, settings.fit_steps Adam steps on the
+    weights' logits from equal weights). Leaving the neighbourhood out is what makes the task need the content:
+    a head that attends to a token's own position would reproduce it trivially.
+
+    q, k: [H, h, w, d] of the annotated frame; annotated_labels: [L, h, w]. Returns [H] summing to 1. Each token
+    keeps 4·top_k candidate sources (by the heads' mean), so memory is O(H·h·w·top_k).
+    """
+    heads, height, width, dim = q.shape
     tokens = height * width
+    if settings.fit_steps <= 0:
+        return torch.full((heads,), 1.0 / heads)
     temperature = settings.temperature or math.sqrt(dim)
-    weights = head_weights if head_weights is not None else torch.full((heads,), 1.0 / heads)
-    weights = weights.to(q.device)
-    allowed = _window(height, width, settings.radius, q.device)
-    q_flat, k_flat = q.reshape(heads, frames, tokens, dim), k.reshape(heads, frames, tokens, dim)
-    labels = torch.zeros(frames, first_labels.shape[0], tokens, device=q.device)
-    labels[0] = first_labels.reshape(-1, tokens).to(labels)
-    for target in range(1, frames):
-        context = [0, *range(max(1, target - settings.context), target)]
-        keys = k_flat[:, context]  # [H, C, M, d]
-        context_labels = labels[context].permute(1, 0, 2).reshape(labels.shape[1], -1)  # [L, C * M]
-        for start in range(0, tokens, settings.row_batch):
-            rows = slice(start, min(tokens, start + settings.row_batch))
-            affinity = affinities(q_flat[:, target, rows], keys, weights, temperature,
-                                  None if allowed is None else allowed[rows], settings.top_k)
-            labels[target, :, rows] = context_labels @ affinity.T
-        on_frame()
-    return labels.reshape(frames, -1, height, width)
+    window = _window(height, width, settings.radius, q.device)
+    near = _window(height, width, exclude, q.device)
+    allowed = ~near if window is None else window & ~near
+    q_flat, k_flat = q.reshape(heads, tokens, dim), k.reshape(heads, 1, tokens, dim)
+    candidates = min(tokens, 4 * settings.top_k if settings.top_k > 0 else tokens)
+    index = torch.empty(tokens, candidates, dtype=torch.long, device=q.device)
+    values = torch.empty(heads, tokens, candidates, device=q.device)
+    for start in range(0, tokens, settings.row_batch):
+        rows = slice(start, min(tokens, start + settings.row_batch))
+        per_head = head_softmax(q_flat[:, rows], k_flat, temperature, allowed[rows])
+        index[rows] = per_head.mean(dim=0).topk(candidates, dim=1).indices
+        values[:, rows] = per_head.gather(2, index[rows].expand(heads, -1, -1))
+    with torch.inference_mode(False), torch.enable_grad():  # nodes run under inference mode; only the logits learn
+        values, index = values.clone(), index.clone()
+        target = annotated_labels.reshape(-1, tokens).float().to(q.device).clone()
+        sources = target[:, index]  # [L, M, C]
+        logits = torch.zeros(heads, device=q.device, requires_grad=True)
+        optimiser = torch.optim.Adam([logits], lr=settings.fit_rate)
+        for _ in range(settings.fit_steps):
+            mixed = renormalised(torch.einsum("h,hmc->mc", torch.softmax(logits, dim=0), values))
+            predicted = (sources * mixed[None]).sum(dim=2).clamp(1e-6, 1.0)  # [L, M]
+            dice = 1 - (2 * (predicted * target).sum(1) + 1) / (predicted.sum(1) + target.sum(1) + 1)
+            loss = dice.mean() - (target * predicted.log()).sum(0).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        return torch.softmax(logits, dim=0).detach()
+
+
+def propagate_chunk(frames: tuple[float, ...], q: torch.Tensor, k: torch.Tensor, annotated: float,
+                    labels: dict[float, torch.Tensor], settings: PropagationSettings = PropagationSettings(),
+                    head_weights: torch.Tensor | None = None, on_frame: Callable[[], None] = lambda: None) -> None:
+    """Propagate labels through one forward's token frames (source-frame positions `frames`, holding the annotated
+    frame's position), forward then backward in time from it; labels: position -> [L, h, w], updated in place
+    (frames an earlier forward labelled are kept, as context). q, k: [H, T, h, w, d]."""
+    if annotated not in frames:
+        raise ValueError(f"These features' forward over frames {[f'{p:g}' for p in frames]} does not hold the "
+                         f"annotated frame {annotated:g}: extract them with that frame as the reference frame.")
+    for order in directions(frames, annotated):
+        known = {i: labels[frames[i]] for i in order if frames[i] in labels}
+        propagate_in_order(q, k, order, known, settings, head_weights, on_frame)
+        labels.update({frames[i]: known[i] for i in order})
+
+
+def masks_to_labels(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Soft token labels [N + 1, h, w] of object masks [N, H, W] (> 0.5 set; where masks overlap, the later object
+    wins): channel 0 the background, channel i object i, each token the share of its pixels with that label."""
+    if masks.ndim != 3:
+        raise ValueError(f"Object masks are [objects, height, width]; got {list(masks.shape)}.")
+    label = torch.zeros(masks.shape[1:], dtype=torch.long, device=masks.device)
+    for index, mask in enumerate(masks, start=1):
+        label[mask > 0.5] = index
+    one_hot = torch.nn.functional.one_hot(label, masks.shape[0] + 1).permute(2, 0, 1).float()
+    return torch.nn.functional.interpolate(one_hot[None], size=grid, mode="area")[0]
+
+
+def labels_at(labels: dict[float, torch.Tensor], frame: int) -> torch.Tensor:
+    """Token labels [L, h, w] at a source frame: linear in time between the nearest labelled token frames on either
+    side (token frames of a natively encoded video sit between source frames), the nearest one beyond the ends."""
+    positions = sorted(labels)
+    before = [p for p in positions if p <= frame]
+    after = [p for p in positions if p >= frame]
+    if not before or not after:
+        return labels[(before or after)[-1 if before else 0]]
+    low, high = before[-1], after[0]
+    if low == high:
+        return labels[low]
+    weight = (frame - low) / (high - low)
+    return labels[low] * (1 - weight) + labels[high] * weight
 
 
 def labels_to_pixels(labels: torch.Tensor, frames: torch.Tensor, radius: int | None = None,

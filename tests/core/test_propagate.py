@@ -98,3 +98,85 @@ def test_guided_upsampling_puts_oracle_label_edges_on_the_image_edges():
         with_guide = davis_scores(guided == layer, pixel_truth == layer)
         without = davis_scores(plain == layer, pixel_truth == layer)
         assert with_guide["j"] > without["j"] + 0.02 and with_guide["f"] >= 0.95
+
+
+def chunked(q, k, chunks):
+    """The features one forward per chunk would give if a frame's q/k did not depend on the other frames of its
+    forward: [(source positions, q, k)] sliced from whole-video q/k [H, T, h, w, d]."""
+    return [(tuple(float(f) for f in chunk), q[:, chunk], k[:, chunk]) for chunk in chunks]
+
+
+@pytest.mark.parametrize("annotated, frames_per_chunk", [(0, 5), (6, 4), (11, 6)])
+def test_overlapping_windows_propagate_as_one_forward_does(annotated, frames_per_chunk):
+    """Forwards over runs of frames that overlap by the context give exactly the labels of one forward over the
+    whole video, forward and backward in time from the annotated frame (backward = the reversed video)."""
+    from difftrack_pack.ditcorr.chunks import plan_windows
+    from difftrack_pack.ditcorr.propagate import propagate_chunk
+
+    generator = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 2, 12, 4, 5, 8, generator=generator).unbind(0)
+    first = torch.softmax(torch.randn(3, 4, 5, generator=generator) * 3, dim=0)
+    settings = PropagationSettings(radius=2, top_k=6, context=2, row_batch=7)
+    labels = {float(annotated): first}
+    for frames, chunk_q, chunk_k in chunked(q, k, plan_windows(12, frames_per_chunk, annotated, overlap=2)):
+        propagate_chunk(frames, chunk_q, chunk_k, float(annotated), labels, settings)
+    assert sorted(labels) == [float(t) for t in range(12)]
+    later = propagate_labels(q[:, annotated:], k[:, annotated:], first, settings)
+    earlier = propagate_labels(q[:, :annotated + 1].flip(1), k[:, :annotated + 1].flip(1), first, settings).flip(0)
+    for t in range(12):
+        expected = later[t - annotated] if t >= annotated else earlier[t]
+        torch.testing.assert_close(labels[float(t)], expected)
+
+
+def test_a_forward_without_the_annotated_frame_is_refused():
+    from difftrack_pack.ditcorr.propagate import propagate_chunk
+
+    q = torch.zeros(1, 2, 3, 3, 4)
+    with pytest.raises(ValueError, match="with that frame as the reference frame"):
+        propagate_chunk((1.0, 2.0), q, q, 0.0, {0.0: torch.ones(2, 3, 3) / 2})
+
+
+def test_fitted_head_weights_prefer_the_head_that_sees_the_content():
+    """Two heads: one attends to a token's own position whatever it shows, the other matches object identity.
+    Fitted on the annotated frame alone, the weights move to the content head, and the propagated masks of a
+    moving object improve over the heads' mean."""
+    from difftrack_pack.ditcorr.propagate import fit_head_weights, masks_to_labels
+
+    generator = torch.Generator().manual_seed(2)
+    frames, height, width, dim = 6, 10, 10, 16
+    identity = torch.randn(2, dim, generator=generator) * 2  # background, object
+    place = torch.randn(height, width, dim, generator=generator) * 2
+    truth = torch.zeros(frames, height, width, dtype=torch.long)
+    for t in range(frames):  # a 4x4 square moving one token a frame
+        truth[t, 3:7, 1 + t:5 + t] = 1
+    content = identity[truth] + 0.3 * torch.randn(frames, height, width, dim, generator=generator)
+    positional = place.expand(frames, -1, -1, -1)
+    q = k = torch.stack([positional, content])  # [H=2, T, h, w, d]
+    first = masks_to_labels(truth[:1].float(), (height, width))
+    settings = PropagationSettings(radius=3, top_k=8, context=1, temperature=1.0)
+    weights = fit_head_weights(q[:, 0], k[:, 0], first, settings)
+    assert weights.sum().item() == pytest.approx(1.0) and weights[1] > 0.8
+
+    def iou(head_weights):
+        predicted = propagate_labels(q, k, first, settings, head_weights).argmax(dim=1)[1:] == 1
+        return ((predicted & (truth[1:] == 1)).sum() / (predicted | (truth[1:] == 1)).sum()).item()
+    assert iou(weights) > iou(None) + 0.1 and iou(weights) > 0.9
+
+
+def test_masks_become_token_label_shares_with_the_background_first():
+    from difftrack_pack.ditcorr.propagate import masks_to_labels
+
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :2, :2] = 1  # object 1: the top-left token
+    masks[1, :2, 1:4] = 1  # object 2 overlaps it and wins there
+    labels = masks_to_labels(masks, (2, 2))
+    expected = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[0.5, 0.0], [0.0, 0.0]], [[0.5, 1.0], [0.0, 0.0]]])
+    torch.testing.assert_close(labels, expected)
+
+
+def test_labels_between_token_frames_are_linear_in_time():
+    from difftrack_pack.ditcorr.propagate import labels_at
+
+    labels = {0.0: torch.zeros(2, 1, 1), 2.5: torch.ones(2, 1, 1)}
+    assert labels_at(labels, 0).sum() == 0 and labels_at(labels, 5).sum() == 2  # ends: the nearest
+    torch.testing.assert_close(labels_at(labels, 1), torch.full((2, 1, 1), 0.4))
