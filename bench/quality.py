@@ -89,18 +89,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
         queries = torch.cat([clip.tracks[:, 0], torch.zeros(points, 1)], dim=1)
         latent, positions = encode_frames(autoencoder, clip.frames, "per_frame")
         grid = adapter.token_grid(diffusion_model, latent.shape)
-        hidden = {}
-
-        def recorder(block):
-            def patch(args, extra):
-                tokens = args[adapter.image_stream_key][0, -math.prod(grid):]
-                hidden[block] = tokens.reshape(*grid, -1).float().cpu()
-                return extra["original_block"](args)
-            return patch
-
-        recording = model.clone()
-        for block in blocks:
-            recording.set_model_patch_replace(recorder(block), "dit", adapter.block_key, block)
+        recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)
         features = extract_from_latent(recording, latent, positions, frame_size, frames, None, blocks, sigma, seed=index,
                                        frames_per_chunk=0)
         all_visible = torch.ones(frames, points, dtype=torch.bool)

@@ -90,3 +90,24 @@ def image_sheet(rows: dict[str, list[torch.Tensor]], column_titles: list[str], p
             tile_image = Image.fromarray((image.clamp(0, 1) * 255).byte().numpy()).resize((tile, tile), Image.LANCZOS)
             sheet.paste(tile_image, (label_width + column * tile, 24 + row * tile))
     sheet.save(path, optimize=True)
+
+
+def recording_hidden_states(model, adapter, blocks: list[int], grid: tuple[int, int, int]) -> tuple[object, dict]:
+    """A clone of `model` whose listed blocks also record their input hidden states (the video tokens of sample 0,
+    [T, h, w, C] float32 on the CPU, by block, overwritten by each forward), and the dict they land in: the
+    baselines that match on hidden states instead of q/k read them."""
+    import math
+
+    hidden = {}
+
+    def recorder(block):
+        def patch(args, extra):
+            tokens = args[adapter.image_stream_key][0, -math.prod(grid):]
+            hidden[block] = tokens.reshape(*grid, -1).float().cpu()
+            return extra["original_block"](args)
+        return patch
+
+    recording = model.clone()
+    for block in blocks:
+        recording.set_model_patch_replace(recorder(block), "dit", adapter.block_key, block)
+    return recording, hidden

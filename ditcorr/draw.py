@@ -20,13 +20,34 @@ _DIGITS = ["111101101101111", "010110010010111", "111001111100111", "11100111100
            "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111"]
 
 
+def hue_colours(hue: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """RGB in [0, 1] ([N, 3]) of hues in [0, 1) (0 red) at brightness `value` [N], saturated but not fully."""
+    k = (torch.tensor([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6) % 6
+    return value[:, None] * (1 - 0.85 * (torch.minimum(k, 4 - k).clamp(0, 1)))
+
+
 def point_colours(first_positions: torch.Tensor, frame_size: tuple[int, int]) -> torch.Tensor:
     """RGB in [0, 1] per point ([N, 3]) from its (x, y) on its first frame."""
     height, width = frame_size
     hue = (first_positions[:, 0] / max(width, 1)).clamp(0, 1) * 0.85
     value = 1.0 - 0.25 * (first_positions[:, 1] / max(height, 1)).clamp(0, 1)
-    k = (torch.tensor([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6) % 6
-    return value[:, None] * (1 - 0.85 * (torch.minimum(k, 4 - k).clamp(0, 1)))
+    return hue_colours(hue, value)
+
+
+def overlay_labels(frames: torch.Tensor, labels: torch.Tensor, opacity: float = 0.45) -> torch.Tensor:
+    """Frames [T, H, W, 3] with each object of the label maps [T, H, W] (0 the background, i object i) tinted in a
+    colour of its own at `opacity` and outlined opaque where its label meets another."""
+    count = int(labels.max()) if labels.numel() else 0
+    colours = torch.cat([torch.zeros(1, 3), hue_colours(torch.arange(count) / max(count, 1) * 0.85,
+                                                        torch.ones(count))]).to(frames.device)
+    labels = labels.to(frames.device)
+    tint = colours[labels]
+    edge = torch.zeros_like(labels, dtype=torch.bool)
+    edge[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
+    alpha = torch.where(edge, 1.0, opacity) * (labels > 0) + edge * (labels == 0)
+    outline = torch.where(edge[..., None] & (labels[..., None] == 0), torch.ones_like(tint), tint)
+    return frames * (1 - alpha[..., None]) + outline * alpha[..., None]
 
 
 def _rasterise(height: int, width: int, centres: torch.Tensor, radius: torch.Tensor, colours: torch.Tensor,

@@ -25,7 +25,7 @@ def single_forward(model, x, sigmas, extra_args=None, callback=None, disable=Non
 def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, ...], frame_size: tuple[int, int],
                         frame_count: int, conditioning: list | None, blocks: list[int], sigma: float, seed: int = 0,
                         frames_per_chunk: int = 13, reference_frame: int = 0, request: CaptureRequest | None = None,
-                        on_chunk: Callable[[], None] = lambda: None) -> DitFeatures:
+                        on_chunk: Callable[[], None] = lambda: None, chunks: list[list[int]] | None = None) -> DitFeatures:
     """q/k of `blocks` for every chunk of a clean latent noised to `sigma`.
 
     latent: [1, C, T, h, w] (not yet process_latent_in'ed, as a VAE returns it).
@@ -33,6 +33,8 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
     frame_size / frame_count: (height, width) and length of the source video.
     conditioning: ComfyUI CONDITIONING, or None for the model family's zero context.
     reference_frame: latent frame placed first in every chunk.
+    chunks: the latent frames of each forward instead (the first of each its reference), for other layouts than
+        plan_chunks' strided one.
     The user's model is not modified: the hook lives on a clone.
     """
     diffusion_model, adapter = model_and_adapter(patcher)
@@ -44,7 +46,7 @@ def extract_from_latent(patcher, latent: torch.Tensor, positions: tuple[float, .
     model = patcher.clone()
     session.install(model)
 
-    chunks = plan_chunks(latent.shape[2], frames_per_chunk, reference_frame)
+    chunks = chunks if chunks is not None else plan_chunks(latent.shape[2], frames_per_chunk, reference_frame)
     features = DitFeatures(
         frame_size=frame_size,
         frame_count=frame_count,

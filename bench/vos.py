@@ -1,0 +1,218 @@
+"""Mask propagation on synthetic clips with exact per-object masks, against three baselines; and its cost on the GPU.
+
+    python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
+                        [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
+    python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
+
+Quality (the default): the tiny DiT and VAE of assets/tiny_wan/ (never trained on the seeds drawn here). Each
+clip (ditcorr.synthetic, 256x256, seeded from S) is encoded per frame and run through one forward that captures
+every block (the node's path for a short clip); the sprites visible on frame 0 are propagated from their exact
+frame-0 masks with the node's defaults, per block with and without fitted head weights, and scored with DAVIS's
+J, F and J&F (first and last frames left out) per object, averaged over all objects. Baselines, with the same
+protocol (window, top-k, context) and label upsampling: static (the frame-0 masks copied), latent_nn (affinities
+from the VAE latents, cosine over a temperature of 0.07 as in DINO's propagation) and hidden_nn (the same on the
+best block's input hidden states instead of its q/k). Prints one JSON line: jf, j, f of the best setting (block
+by J&F, fitted or not); `settings` per block {mean, fitted}; `baselines`; `best_baseline`; `margin` (points).
+
+Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
+model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
+and as propagation alone on the features they captured; `propagate_to_forward_ratio`, peak memory.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+
+import torch
+
+from difftrack_devkit import bench
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
+
+BASELINE_TEMPERATURE = 0.07  # DINO's label propagation, on L2-normalised features
+MIN_OBJECT_PIXELS = 64  # sprites with fewer pixels on frame 0 are not annotated
+
+
+def unit_features(features: torch.Tensor) -> torch.Tensor:
+    """[T, h, w, C] features as one 'head' of L2-normalised q = k: [1, T, h, w, C]."""
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True).clamp(min=1e-8))[None]
+
+
+def scores(maps: torch.Tensor, truth: torch.Tensor, objects: list[int]) -> list[dict]:
+    """DAVIS scores of each annotated object (its true label) in label maps [T, H, W] against the truth."""
+    from difftrack_pack.ditcorr.vos_metrics import davis_scores
+
+    return [davis_scores(maps == index, truth == label) for index, label in enumerate(objects, start=1)]
+
+
+def mean_scores(runs: list[dict]) -> dict:
+    """J, F, J&F in percent, averaged over every object of every clip."""
+    return {key: round(100 * statistics.fmean(run[key] for run in runs), 2) for key in ("jf", "j", "f")}
+
+
+def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13, sigma: float = 0.2,
+             motion: str = "fast", picture: str = "") -> dict:
+    import dataclasses
+
+    import comfy.sd
+    import comfy.utils
+
+    from difftrack_pack.ditcorr.propagate import PropagationSettings, label_image, label_maps, propagate_video
+    from difftrack_pack.ditcorr.synthetic import Scene
+    from difftrack_pack.nodes.adapters import adapter_for
+    from difftrack_pack.nodes.encoding import encode_frames
+    from difftrack_pack.nodes.extract import extract_from_latent
+
+    model = comfy.sd.load_diffusion_model(unet)
+    autoencoder = comfy.sd.VAE(sd=comfy.utils.load_torch_file(vae))
+    diffusion_model = model.get_model_object("diffusion_model")
+    adapter = adapter_for(diffusion_model)
+    blocks = list(range(adapter.block_count(diffusion_model)))
+    fitted, mean = PropagationSettings(), PropagationSettings(fit_steps=0)
+    baseline = dataclasses.replace(mean, temperature=BASELINE_TEMPERATURE)
+
+    def propagate(q, k, masks, clip_frames, settings):
+        labels, _ = propagate_video([(tuple(map(float, range(frames))), q, k)], 0, masks, settings)
+        return label_maps(labels, clip_frames, 0, label_image(masks))
+
+    results = {(block, fit): [] for block in blocks for fit in ("mean", "fitted")}
+    results.update({("hidden_nn", block): [] for block in blocks})
+    results.update(static=[], latent_nn=[])
+    shown = None
+    for index in range(clips):
+        scene = Scene(seed * 100_003 + index, (size, size), frames, motion=motion)
+        clip_frames, truth = scene.render(), scene.labels()
+        objects = [label for label in truth[0].unique().tolist() if label > 0
+                   and (truth[0] == label).sum() >= MIN_OBJECT_PIXELS]
+        if not objects:
+            continue
+        masks = torch.stack([(truth[0] == label).float() for label in objects])
+        latent, positions = encode_frames(autoencoder, clip_frames, "per_frame")
+        grid = adapter.token_grid(diffusion_model, latent.shape)
+        recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)
+        features = extract_from_latent(recording, latent, positions, (size, size), frames, None, blocks, sigma,
+                                       seed=index, frames_per_chunk=0)
+        maps_by = {}
+        for block in blocks:
+            qk = features.select(block)[0].qk
+            for fit, settings in (("mean", mean), ("fitted", fitted)):
+                maps_by[(block, fit)] = propagate(qk.q, qk.k, masks, clip_frames, settings)
+                results[(block, fit)] += scores(maps_by[(block, fit)], truth, objects)
+            unit = unit_features(hidden[block])
+            maps_by[("hidden_nn", block)] = propagate(unit, unit, masks, clip_frames, baseline)
+            results[("hidden_nn", block)] += scores(maps_by[("hidden_nn", block)], truth, objects)
+        static = label_image(masks)[None].expand(frames, -1, -1)
+        results["static"] += scores(static, truth, objects)
+        unit = unit_features(latent[0].permute(1, 2, 3, 0))
+        latent_settings = dataclasses.replace(baseline, radius=2 * baseline.radius)  # latents: twice the grid
+        maps_by["latent_nn"] = propagate(unit, unit, masks, clip_frames, latent_settings)
+        results["latent_nn"] += scores(maps_by["latent_nn"], truth, objects)
+        if shown is None:
+            shown = (clip_frames, truth, objects, maps_by, static)
+        features.release()
+
+    settings = {block: {fit: mean_scores(results[(block, fit)]) for fit in ("mean", "fitted")} for block in blocks}
+    best_block, best_fit = max(((b, f) for b in blocks for f in ("mean", "fitted")), key=lambda s: settings[s[0]][s[1]]["jf"])
+    hidden_best = max(blocks, key=lambda b: mean_scores(results[("hidden_nn", b)])["jf"])
+    baselines = {"static": mean_scores(results["static"]), "latent_nn": mean_scores(results["latent_nn"]),
+                 "hidden_nn": {**mean_scores(results[("hidden_nn", hidden_best)]), "block": hidden_best}}
+    best_baseline = max(baselines, key=lambda name: baselines[name]["jf"])
+    best = settings[best_block][best_fit]
+    if picture and shown is not None:
+        draw_picture(shown, (best_block, best_fit), ("hidden_nn", hidden_best), picture)
+    return {**best, "best_block": best_block, "head_weights": best_fit, "settings": settings, "baselines": baselines,
+            "best_baseline": best_baseline, "margin": round(best["jf"] - baselines[best_baseline]["jf"], 2),
+            "objects": len(results["static"]), "clips": clips, "seed": seed, "motion": motion, "frame_size": size,
+            "frames": frames, "sigma": sigma}
+
+
+def draw_picture(shown, ours, hidden_key, path: str) -> None:
+    """The first clip: the exact masks, ours at the best setting, and the baselines, on four frames."""
+    from difftrack_pack.ditcorr.draw import overlay_labels
+
+    frames, truth, objects, maps_by, static = shown
+    relabelled = torch.zeros_like(truth)  # the truth in the annotated objects' numbering, others background
+    for index, label in enumerate(objects, start=1):
+        relabelled[truth == label] = index
+    times = sorted({0, len(frames) // 3, 2 * len(frames) // 3, len(frames) - 1})
+    rows = {"exact masks": relabelled, f"ours (block {ours[0]}, {ours[1]} heads)": maps_by[ours],
+            f"hidden_nn (block {hidden_key[1]})": maps_by[hidden_key], "latent_nn": maps_by["latent_nn"],
+            "static": static}
+    drawn = {name: list(overlay_labels(frames[times], maps[times])) for name, maps in rows.items()}
+    bench.image_sheet(drawn, [f"frame {t}" for t in times], path, tile=200, label_width=230)
+
+
+def speed(args) -> dict:
+    from difftrack_bench.track import SIZES as TRACK_SIZES, tracking_inputs
+    from difftrack_pack.ditcorr import DeviceWindow
+    from difftrack_pack.ditcorr.chunks import plan_windows
+    from difftrack_pack.ditcorr.propagate import PropagationSettings, propagate_video
+    from difftrack_pack.nodes.extract import extract_from_latent
+
+    run = bench.random_model_run(args, TRACK_SIZES)
+    latent, frame_size, _, _ = tracking_inputs(run.size, args.frames, 1, run.generator)
+    settings = PropagationSettings()
+    chunks = plan_windows(args.frames, 13, 0, settings.context)
+    height, width = frame_size
+    masks = torch.zeros(2, height, width)
+    masks[0, height // 4: height // 2, width // 4: width // 2] = 1
+    masks[1, height // 2:, width // 2:] = 1
+    positions = tuple(map(float, range(args.frames)))
+
+    def extract():
+        return extract_from_latent(run.model, latent, positions, frame_size, args.frames, run.conditioning,
+                                   [run.middle_block], 0.1, chunks=chunks)
+
+    def propagate(features):
+        window = DeviceWindow(args.device)
+        forwards = ((frames, *window.get(qk)[:2]) for frames, qk in features.select())
+        return propagate_video(forwards, 0, masks.to(args.device), settings)
+
+    features = extract()
+    propagate(features)  # warm-up
+    forward_times, propagate_times = [], []
+    for _ in range(args.repeats):
+        seconds, features = run.timed(extract)
+        forward_times.append(seconds)
+        propagate_times.append(run.timed(lambda: propagate(features))[0])
+    peak = None
+    if run.cuda:
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run.timed(lambda: propagate(features))
+        peak = round((torch.cuda.max_memory_allocated() - base) / 2**30, 3)
+    forward_s, propagate_s = statistics.median(forward_times), statistics.median(propagate_times)
+    return {"model": f"wan2.1-{args.size}", "device": run.device_name, "frames": args.frames, "chunks": len(chunks),
+            "block": run.middle_block, "forward_s": round(forward_s, 4), "propagate_s": round(propagate_s, 4),
+            "propagate_to_forward_ratio": round(propagate_s / forward_s, 4), "peak_extra_mem_gib": peak,
+            "all_s": {"forward": [round(t, 4) for t in forward_times],
+                      "propagate": [round(t, 4) for t in propagate_times]}}
+
+
+def main() -> None:
+    from difftrack_bench.track import SIZES as TRACK_SIZES
+
+    parser = bench.parser(__doc__, TRACK_SIZES)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT), help="default: the tiny DiT trained on these clips")
+    parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE), help="default: the tiny VAE trained on these clips")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (quality: 13; speed: 81)")
+    parser.add_argument("--sigma", type=float, default=0.2)
+    parser.add_argument("--motion", default="fast", help="motion regime of the clips: fast, slow, static-camera, mixed")
+    parser.add_argument("--picture", default="", help="also draw the first clip's masks as a PNG here")
+    parser.add_argument("--speed", action="store_true", help="time propagation against extraction (random weights)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.speed:
+        args.frames = args.frames or 81
+        print(json.dumps(speed(args)))
+        return
+    bench.start(args)
+    print(json.dumps(evaluate(args.unet, args.vae, args.seed, args.clips, frames=args.frames or 13, sigma=args.sigma,
+                              motion=args.motion, picture=args.picture)))
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        main()
