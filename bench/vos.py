@@ -72,7 +72,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     baseline = dataclasses.replace(mean, temperature=BASELINE_TEMPERATURE)
 
     def propagate(q, k, masks, clip_frames, settings):
-        labels, _ = propagate_video([(tuple(map(float, range(frames))), q, k)], 0, masks, settings)
+        labels, _ = propagate_video([(tuple(map(float, range(frames))), q, k)], 0.0, masks, settings)
         return label_maps(labels, clip_frames, 0, label_image(masks))
 
     results = {(block, fit): [] for block in blocks for fit in ("mean", "fitted")}
@@ -148,6 +148,7 @@ def speed(args) -> dict:
     from difftrack_pack.ditcorr.chunks import plan_windows
     from difftrack_pack.ditcorr.propagate import PropagationSettings, propagate_video
     from difftrack_pack.nodes.extract import extract_from_latent
+    from difftrack_pack.nodes.propagate_nodes import on_device
 
     run = bench.random_model_run(args, TRACK_SIZES)
     latent, frame_size, _, _ = tracking_inputs(run.size, args.frames, 1, run.generator)
@@ -165,8 +166,8 @@ def speed(args) -> dict:
 
     def propagate(features):
         window = DeviceWindow(args.device)
-        forwards = ((frames, *window.get(qk)[:2]) for frames, qk in features.select())
-        return propagate_video(forwards, 0, masks.to(args.device), settings)
+        forwards = ((frames, *on_device(window, qk)) for frames, qk in features.select())
+        return propagate_video(forwards, 0.0, masks.to(args.device), settings)
 
     features = extract()
     propagate(features)  # warm-up

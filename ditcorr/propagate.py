@@ -196,8 +196,8 @@ def propagate_chunk(frames: tuple[float, ...], q: torch.Tensor, k: torch.Tensor,
     frame's position), forward then backward in time from it; labels: position -> [L, h, w], updated in place
     (frames an earlier forward labelled are kept, as context). q, k: [H, T, h, w, d]."""
     if annotated not in frames:
-        raise ValueError(f"These features' forward over frames {[f'{p:g}' for p in frames]} does not hold the "
-                         f"annotated frame {annotated:g}: extract them with that frame as the reference frame.")
+        raise ValueError(f"These features' forward over frames {', '.join(f'{p:g}' for p in frames)} does not hold "
+                         f"the annotated frame {annotated:g}: extract the features with that frame as reference_frame.")
     for order in directions(frames, annotated):
         known = {i: labels[frames[i]] for i in order if frames[i] in labels}
         propagate_in_order(q, k, order, known, settings, head_weights, on_frame)
@@ -237,32 +237,29 @@ def labels_at(labels: dict[float, torch.Tensor], frame: int) -> torch.Tensor:
     return labels[low] * (1 - weight) + labels[high] * weight
 
 
-def propagate_video(forwards: Iterable[tuple[tuple[float, ...], torch.Tensor, torch.Tensor]], annotated_frame: int,
+def propagate_video(forwards: Iterable[tuple[tuple[float, ...], torch.Tensor, torch.Tensor]], annotated: float,
                     masks: torch.Tensor, settings: PropagationSettings = PropagationSettings(),
                     on_frame: Callable[[], None] = lambda: None) -> tuple[dict[float, torch.Tensor], torch.Tensor]:
-    """Object masks drawn on one source frame, propagated to every token frame of a video.
+    """Object masks drawn on one frame, propagated to every token frame of a video.
 
     forwards: one (source-frame position of each token frame, q, k) per forward, q and k [H, T, h, w, d], each
-    holding the token frame nearest the annotated frame; taken one at a time, so a caller can compute each just
-    before it is used and drop it after (memory flat in the video's length). annotated_frame: the source frame the
-    masks [N, H, W] were drawn on. Head weights are fitted on the first forward's annotated frame
-    (settings.fit_steps; 0 = the heads' mean). Returns (token-frame position -> [N + 1, h, w] soft labels, channel
-    0 the background; the head weights used).
+    holding the annotated token frame (source-frame position `annotated`, the token frame nearest the frame the
+    masks [N, H, W] were drawn on); taken one at a time, so a caller can compute each just before it is used and
+    drop it after (memory flat in the video's length). Head weights are fitted on the first forward's annotated
+    frame (settings.fit_steps; 0 = the heads' mean). Returns (token-frame position -> [N + 1, h, w] soft labels,
+    channel 0 the background; the head weights used).
     """
     if not 0 < masks.shape[0] <= MAX_OBJECTS:
         raise ValueError(f"{masks.shape[0]} objects: propagate between 1 and {MAX_OBJECTS} at once.")
     labels: dict[float, torch.Tensor] = {}
     weights = None
     for frames, q, k in forwards:
-        anchor = min(frames, key=lambda p: abs(p - annotated_frame))
-        if weights is None:
+        if weights is None and annotated in frames:
             first = masks_to_labels(masks.to(q.device), tuple(q.shape[2:4]))
-            labels[anchor] = first
-            index = frames.index(anchor)
+            labels[annotated] = first
+            index = frames.index(annotated)
             weights = fit_head_weights(q[:, index], k[:, index], first, settings).to(q.device)
-        elif anchor not in labels:
-            raise ValueError("Every forward must hold the annotated frame's token frame (the same one).")
-        propagate_chunk(frames, q, k, anchor, labels, settings, weights, on_frame)
+        propagate_chunk(frames, q, k, annotated, labels, settings, weights, on_frame)
     if weights is None:
         raise ValueError("No features to propagate with.")
     return labels, weights

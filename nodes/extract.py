@@ -97,9 +97,14 @@ def extract_with_progress(patcher, latent: torch.Tensor, positions: tuple[float,
                                blocks, sigma, seed, frames_per_chunk, reference_frame, request, progress_step(bar))
 
 
-def extraction_inputs(blocks_help: str = "", when: str = "") -> list:
-    """How features are extracted from a video: the inputs Extract Features and Track Points share.
-    `blocks_help` is appended to the blocks tooltip, `when` put before the others ("When extracting: ")."""
+STRIDED_CHUNKS = ("Latent frames per forward: the reference frame plus strided others; chunks repeat until every "
+                  "frame is covered. 0 = the whole video in one forward.")
+
+
+def extraction_inputs(blocks_help: str = "", when: str = "", chunking: str = STRIDED_CHUNKS) -> list:
+    """How features are extracted from a video: the inputs Extract Features, Track Points and Propagate Mask share.
+    `blocks_help` is appended to the blocks tooltip, `when` put before the others ("When extracting: "); `chunking`
+    says how the node lays its forwards out."""
     return [
         io.String.Input("blocks", default="auto",
                         tooltip=blocks_tooltip("Blocks whose self-attention q/k are read", "read", best=True)
@@ -114,8 +119,7 @@ def extraction_inputs(blocks_help: str = "", when: str = "") -> list:
                                       "(DiffTrack). native: the whole clip at once, with the VAE's temporal "
                                       "compression (fewer, coarser frames; tracks are interpolated)."),
         io.Int.Input("frames_per_chunk", default=13, min=0, max=1024,
-                     tooltip=when + "Latent frames per forward: the reference frame plus strided others; chunks "
-                                    "repeat until every frame is covered. 0 = the whole video in one forward."),
+                     tooltip=when + chunking),
     ]
 
 

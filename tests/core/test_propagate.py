@@ -132,7 +132,7 @@ def test_a_forward_without_the_annotated_frame_is_refused():
     from difftrack_pack.ditcorr.propagate import propagate_chunk
 
     q = torch.zeros(1, 2, 3, 3, 4)
-    with pytest.raises(ValueError, match="with that frame as the reference frame"):
+    with pytest.raises(ValueError, match="with that frame as reference_frame"):
         propagate_chunk((1.0, 2.0), q, q, 0.0, {0.0: torch.ones(2, 3, 3) / 2})
 
 
