@@ -16,7 +16,8 @@ by J&F, fitted or not); `settings` per block {mean, fitted}; `baselines`; `best_
 
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
 model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
-and as propagation alone on the features they captured; `propagate_to_forward_ratio`, peak memory.
+and as propagation alone on the features they captured (token labels, then pixel masks from frames in CPU
+memory, as the node does); `propagate_to_forward_ratio`, peak memory.
 """
 from __future__ import annotations
 
@@ -144,14 +145,15 @@ def draw_picture(shown, ours, hidden_key, path: str) -> None:
 
 def speed(args) -> dict:
     from difftrack_bench.track import SIZES as TRACK_SIZES, tracking_inputs
+
+    run = bench.random_model_run(args, TRACK_SIZES)  # the host first: what follows imports ComfyUI
     from difftrack_pack.ditcorr import DeviceWindow
     from difftrack_pack.ditcorr.chunks import plan_windows
-    from difftrack_pack.ditcorr.propagate import PropagationSettings, propagate_video
+    from difftrack_pack.ditcorr.propagate import PropagationSettings, label_image, label_maps, propagate_video
     from difftrack_pack.nodes.extract import extract_from_latent
     from difftrack_pack.nodes.propagate_nodes import on_device
 
-    run = bench.random_model_run(args, TRACK_SIZES)
-    latent, frame_size, _, _ = tracking_inputs(run.size, args.frames, 1, run.generator)
+    latent, frame_size, images, _ = tracking_inputs(run.size, args.frames, 1, run.generator)
     settings = PropagationSettings()
     chunks = plan_windows(args.frames, 13, 0, settings.context)
     height, width = frame_size
@@ -167,27 +169,34 @@ def speed(args) -> dict:
     def propagate(features):
         window = DeviceWindow(args.device)
         forwards = ((frames, *on_device(window, qk)) for frames, qk in features.select())
-        return propagate_video(forwards, 0.0, masks.to(args.device), settings)
+        return propagate_video(forwards, 0.0, masks.to(args.device), settings)[0]
+
+    def to_pixels(labels):
+        return label_maps(labels, images, 0, label_image(masks))
 
     features = extract()
-    propagate(features)  # warm-up
-    forward_times, propagate_times = [], []
+    to_pixels(propagate(features))  # warm-up
+    forward_times, propagate_times, pixel_times = [], [], []
     for _ in range(args.repeats):
         seconds, features = run.timed(extract)
         forward_times.append(seconds)
-        propagate_times.append(run.timed(lambda: propagate(features))[0])
+        seconds, labels = run.timed(lambda: propagate(features))
+        propagate_times.append(seconds)
+        pixel_times.append(run.timed(lambda: to_pixels(labels))[0])
     peak = None
     if run.cuda:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        run.timed(lambda: propagate(features))
+        run.timed(lambda: to_pixels(propagate(features)))
         peak = round((torch.cuda.max_memory_allocated() - base) / 2**30, 3)
-    forward_s, propagate_s = statistics.median(forward_times), statistics.median(propagate_times)
+    forward_s, token_s = statistics.median(forward_times), statistics.median(propagate_times)
+    pixel_s = statistics.median(pixel_times)
     return {"model": f"wan2.1-{args.size}", "device": run.device_name, "frames": args.frames, "chunks": len(chunks),
-            "block": run.middle_block, "forward_s": round(forward_s, 4), "propagate_s": round(propagate_s, 4),
-            "propagate_to_forward_ratio": round(propagate_s / forward_s, 4), "peak_extra_mem_gib": peak,
-            "all_s": {"forward": [round(t, 4) for t in forward_times],
-                      "propagate": [round(t, 4) for t in propagate_times]}}
+            "block": run.middle_block, "forward_s": round(forward_s, 4), "propagate_s": round(token_s + pixel_s, 4),
+            "token_propagate_s": round(token_s, 4), "pixel_masks_s": round(pixel_s, 4),
+            "propagate_to_forward_ratio": round((token_s + pixel_s) / forward_s, 4), "peak_extra_mem_gib": peak,
+            "all_s": {"forward": [round(t, 4) for t in forward_times], "token_propagate": [round(t, 4) for t in propagate_times],
+                      "pixel_masks": [round(t, 4) for t in pixel_times]}}
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ TINY_WAN_I2V = "difftrack_tiny_wan_i2v.safetensors"
 TINY_VAE = "difftrack_tiny_wan_vae.safetensors"
 CLIP = "difftrack_clip.mp4"
 CLIP_FRAMES, CLIP_SIZE = 9, 64
+FIRST_FRAME_MASK = "difftrack_first_frame.png"  # the mask workflow's Load Image: the clip's frame 0, object painted
 
 # The first nodes of an API prompt that reads the clip: "1" the tiny DiT, "2" its VAE, "4" the clip's frames.
 VIDEO_FRONT = {
@@ -32,7 +33,7 @@ VIDEO_FRONT = {
 TRAINED = REPO / "assets" / "tiny_wan"  # bench/train_tiny.py writes here
 TRAINED_VAE, TRAINED_DIT = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
 DEMO_CLIP, DEMO_TRUTH = REPO / "assets" / "demo" / "clip.mp4", REPO / "assets" / "demo" / "clip_tracks.npz"
-DEMO_FRAMES, DEMO_SIZE = 13, 256
+DEMO_FRAMES, DEMO_SIZE, DEMO_SEED = 13, 256, 7  # the demo clip: tools/demo.py renders it from seed DEMO_SEED
 # Where bench/quality.py found the trained DiT tracking best (block and sigma).
 TRAINED_QUALITY = REPO / "bench" / "results" / "quality_tiny_wan_seed1000_cpu.json"
 
@@ -70,6 +71,23 @@ def write_clip(path: Path) -> None:
         container.mux(stream.encode())
 
 
+def write_first_frame_mask(path: Path, frame: np.ndarray, mask: np.ndarray) -> None:
+    """A frame [H, W, 3] uint8 as a PNG whose alpha is cleared where `mask` [H, W] (bool) is set: what ComfyUI's mask
+    editor saves, and Load Image's MASK output (1 - alpha) gives back the painted object."""
+    from PIL import Image
+
+    alpha = np.where(mask, 0, 255).astype(np.uint8)
+    Image.fromarray(np.dstack([frame, alpha]), "RGBA").save(path)
+
+
+def first_frame(clip: Path) -> np.ndarray:
+    """Frame 0 of a video file, [H, W, 3] uint8."""
+    import av
+
+    with av.open(str(clip)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
 def lay_out(base: Path, trained: bool = False, i2v: bool = True) -> None:
     """A ComfyUI base directory: the pack linked into custom_nodes, the tiny models (random, or the trained ones;
     the i2v model is always random) and a clip under the names above."""
@@ -80,9 +98,15 @@ def lay_out(base: Path, trained: bool = False, i2v: bool = True) -> None:
         (base / "models" / "diffusion_models" / TINY_WAN).symlink_to(TRAINED / TRAINED_DIT)
         (base / "models" / "vae" / TINY_VAE).symlink_to(TRAINED / TRAINED_VAE)
         shutil.copy(DEMO_CLIP, base / "input" / CLIP)
+        from difftrack_pack.ditcorr.synthetic import Scene  # the demo clip's scene (tools/demo.py): its sprites
+
+        mask = Scene(DEMO_SEED, (DEMO_SIZE, DEMO_SIZE), DEMO_FRAMES).labels()[0].numpy() > 0
     else:
         write_models(base / "models", {"wan": TINY_WAN, "vae": TINY_VAE})
         write_clip(base / "input" / CLIP)
+        mask = np.zeros((CLIP_SIZE, CLIP_SIZE), dtype=bool)
+        mask[24:40, 8:24] = True  # write_clip's square on frame 0
+    write_first_frame_mask(base / "input" / FIRST_FRAME_MASK, first_frame(base / "input" / CLIP), mask)
     if i2v:
         write_models(base / "models", {"wan_i2v": TINY_WAN_I2V})
 
@@ -139,6 +163,8 @@ def tiny_prompt(prompt: dict, size: int = CLIP_SIZE, frames: int = CLIP_FRAMES, 
         if kind == "DiffTrackTrackPoints":
             points = json.loads(inputs["points"])
             inputs["points"] = json.dumps([{**p, "x": p["x"] * scale_x, "y": p["y"] * scale_y} for p in points])
+            inputs.update(frames_per_chunk=5, **{k: v for k, v in tracking.items() if not isinstance(inputs.get(k), list)})
+        if kind == "DiffTrackPropagateMask":
             inputs.update(frames_per_chunk=5, **{k: v for k, v in tracking.items() if not isinstance(inputs.get(k), list)})
         if kind == "DiffTrackAttentionMap":
             inputs["x"], inputs["y"] = int(inputs["x"] * scale_x), int(inputs["y"] * scale_y)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from difftrack_devkit.host import REPO
 from difftrack_devkit.server import input_specs, is_widget, ui_to_api
+from difftrack_devkit.testbed import FIRST_FRAME_MASK
 WAN_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 MODELS = {
     "wan2.1_t2v_1.3B_bf16.safetensors": f"{WAN_REPACKAGED}/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors",
@@ -100,6 +101,38 @@ GRAPHS = {
         links=[*VIDEO_LINKS, ("model", 0, "track", "model"), ("vae", 0, "track", "vae"), ("scale", 0, "track", "images"),
                ("scale", 0, "draw", "images"), ("track", 0, "draw", "tracks"), ("draw", 0, "fps", "images"),
                ("fps", 0, "save", "video"), ("track", 0, "files", "tracks")],
+    ),
+    "difftrack_mask_propagation_wan21": dict(
+        note=("## Follow an object through a video: propagate a mask with the video DiT's attention\n"
+              "1. Load your video in **Load Video** and queue once: *Save Image* writes its first frame (832x480) "
+              "to `output/difftrack/`.\n"
+              "2. Load that frame in **Load Image**, right-click > *Open in MaskEditor*, paint the object(s) and "
+              "save. Several objects: one Load Image per object, batched (*mask_objects* `batch`), or a label "
+              "image of object ids (*mask_objects* `values`). Drew on another frame? Set *annotated_frame*.\n"
+              "3. Queue again. *Propagate Mask* carries the mask forward and backward through every frame (runs of "
+              "13 frames, memory flat in the video's length); you get the preview with tinted objects and the "
+              "mask video in `output/difftrack/`. Its *prompts* output gives per frame a box and points inside and "
+              "outside each object, in the JSON SAM nodes read, to refine the masks with SAM 2/3 if you have it.\n\n"
+              "On the pack's tiny test model the DiT's attention propagates masks less well than matching VAE "
+              "latents (README, Limits): measured results on full-size Wan are still to come."),
+        nodes={
+            **VIDEO_NODES,
+            "first": ("ImageFromBatch", {"batch_index": 0, "length": 1}, (700, 420)),
+            "save_first": ("SaveImage", {"filename_prefix": "difftrack/first_frame"}, (1040, 420)),
+            "annotated": ("LoadImage", {"image": FIRST_FRAME_MASK}, (360, 0)),
+            "propagate": ("DiffTrackPropagateMask", {}, (700, 0)),
+            "fps": ("CreateVideo", {"fps": 16.0}, (1100, 0)),
+            "save": ("SaveVideo", {"filename_prefix": "difftrack/masks_preview", **VIDEO_OUT}, (1440, 0)),
+            "mask_image": ("MaskToImage", {}, (1100, 240)),
+            "mask_fps": ("CreateVideo", {"fps": 16.0}, (1440, 240)),
+            "mask_save": ("SaveVideo", {"filename_prefix": "difftrack/masks", **VIDEO_OUT}, (1780, 240)),
+        },
+        links=[*VIDEO_LINKS, ("scale", 0, "first", "image"), ("first", 0, "save_first", "images"),
+               ("annotated", 1, "propagate", "mask"), ("scale", 0, "propagate", "images"),
+               ("model", 0, "propagate", "model"), ("vae", 0, "propagate", "vae"),
+               ("propagate", 2, "fps", "images"), ("fps", 0, "save", "video"),
+               ("propagate", 0, "mask_image", "mask"), ("mask_image", 0, "mask_fps", "images"),
+               ("mask_fps", 0, "mask_save", "video")],
     ),
     "difftrack_correspondence_analysis_wan21": dict(
         note=("## Which blocks of your model track? Correspondence Analysis, then tracking with its choice\n"

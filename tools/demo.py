@@ -23,10 +23,10 @@ import numpy as np
 
 from difftrack_devkit.host import REPO, find_comfyui
 from difftrack_devkit.server import ui_to_api
-from difftrack_devkit.testbed import DEMO_CLIP, DEMO_FRAMES, DEMO_SIZE, DEMO_TRUTH, start_server, tiny_prompt
+from difftrack_devkit.testbed import DEMO_CLIP, DEMO_FRAMES, DEMO_SEED, DEMO_SIZE, DEMO_TRUTH, start_server, tiny_prompt
 
 WORKFLOW = REPO / "workflows" / "difftrack_track_points_wan21.json"
-SEED, POINTS, FPS = 7, 24, 6  # the clip's seed is one neither training nor quality.py draws
+POINTS, FPS = 24, 6  # the clip's seed (DEMO_SEED) is one neither training nor quality.py draws
 
 
 def write_clip() -> None:
@@ -35,7 +35,7 @@ def write_clip() -> None:
 
     from difftrack_pack.ditcorr.synthetic import make_clip
 
-    clip = make_clip(SEED, (DEMO_SIZE, DEMO_SIZE), DEMO_FRAMES, points=POINTS)
+    clip = make_clip(DEMO_SEED, (DEMO_SIZE, DEMO_SIZE), DEMO_FRAMES, points=POINTS)
     DEMO_CLIP.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(DEMO_CLIP), "w") as container:
         stream = container.add_stream("libx264", rate=FPS, options={"crf": "12"})
