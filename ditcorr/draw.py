@@ -22,7 +22,7 @@ _DIGITS = ["111101101101111", "010110010010111", "111001111100111", "11100111100
 
 def hue_colours(hue: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """RGB in [0, 1] ([N, 3]) of hues in [0, 1) (0 red) at brightness `value` [N], saturated but not fully."""
-    k = (torch.tensor([5.0, 3.0, 1.0])[None, :] + hue[:, None] * 6) % 6
+    k = (torch.tensor([5.0, 3.0, 1.0], device=hue.device)[None, :] + hue[:, None] * 6) % 6
     return value[:, None] * (1 - 0.85 * (torch.minimum(k, 4 - k).clamp(0, 1)))
 
 
