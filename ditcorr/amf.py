@@ -156,3 +156,33 @@ def colour_wheel(size: int) -> torch.Tensor:
     offset = torch.stack([xs - centre, ys - centre], dim=-1)
     disc = flow_colours(offset, max_length=centre)
     return torch.where((offset.norm(dim=-1) <= centre)[..., None], disc, torch.ones_like(disc))
+
+
+@dataclass
+class MotionFlow:
+    """A reference video's motion as guidance reads it: per guidance block the hard AMF of the frame pairs.
+
+    displacement: block -> [P, h*w, 2] (x, y) patches; confidence: block -> [P, h*w]; pairs: the P (source,
+    target) latent frames; grid: (h, w) tokens; latent_frames: T of the reference's latent; positions: the
+    source-frame position of each latent frame; frame_size: (height, width) pixels; model: the family's name;
+    temperature: the τ it was read with (guidance must use the same).
+    """
+
+    displacement: dict[int, torch.Tensor]
+    confidence: dict[int, torch.Tensor]
+    pairs: list[tuple[int, int]]
+    grid: tuple[int, int]
+    latent_frames: int
+    positions: tuple[float, ...]
+    frame_size: tuple[int, int]
+    model: str
+    temperature: float
+
+    def from_frame(self, block: int, source: int) -> torch.Tensor:
+        """[T, h, w, 2]: the displacement of each token of latent frame `source` to every latent frame (zero to
+        itself, and to frames the pairs leave out)."""
+        flow = torch.zeros(self.latent_frames, self.grid[0] * self.grid[1], 2)
+        for index, (i, j) in enumerate(self.pairs):
+            if i == source:
+                flow[j] = self.displacement[block][index].cpu()
+        return flow.reshape(self.latent_frames, *self.grid, 2)

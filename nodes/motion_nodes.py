@@ -1,0 +1,106 @@
+"""Motion transfer (after DiTFlow): a reference video's motion read from the DiT's cross-frame attention."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import comfy.utils
+from comfy_api.latest import io, ui
+
+from ..ditcorr.amf import MotionFlow, all_pairs, colour_wheel, flow_colours, hard_amf
+from .encoding import ENCODINGS, encode_with_progress
+from .extract import extract_from_latent, progress_step
+from .vocabulary import CATEGORY, blocks_tooltip, capture_request, model_and_adapter, model_blocks
+
+MotionFlowType = io.Custom("MOTION_FLOW")  # difftrack_pack.ditcorr.amf.MotionFlow
+
+
+def flow_pictures(flow: MotionFlow, images: torch.Tensor, block: int, source: int) -> torch.Tensor:
+    """[T, H, W, 3]: per latent frame, the flow from latent frame `source` in flow colours (white = still, one
+    scale for the whole video) over the source frame nearest that latent frame, half and half, with the colour
+    wheel in the top-left corner."""
+    height, width = images.shape[1:3]
+    tokens = flow.from_frame(block, source)  # [T, h, w, 2]
+    colours = flow_colours(tokens, max(float(tokens.norm(dim=-1).max()), 1e-6)).permute(0, 3, 1, 2)
+    colours = F.interpolate(colours, size=(height, width), mode="nearest").permute(0, 2, 3, 1)
+    frames = images[[min(images.shape[0] - 1, round(p)) for p in flow.positions]].float().cpu()
+    pictures = 0.5 * frames + 0.5 * colours
+    size = max(16, min(height, width) // 5)
+    pictures[:, 2:2 + size, 2:2 + size] = colour_wheel(size)
+    return pictures
+
+
+class MotionFlowFromVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DiffTrackMotionFlow",
+            display_name="Motion Flow from Video (DiffTrack)",
+            category=CATEGORY,
+            description=("Reads a reference video's motion from the video DiT's own cross-frame attention (DiTFlow's "
+                         "Attention Motion Flow): one clean forward of the encoded video, then per pair of latent "
+                         "frames and per token the displacement to its most attended token. Outputs MOTION_FLOW for "
+                         "motion-transfer guidance and a picture of the flow from one frame to every other."),
+            inputs=[
+                io.Model.Input("model", tooltip="The video DiT (the one you will generate with)."),
+                io.Vae.Input("vae", tooltip="The model's VAE."),
+                io.Image.Input("images", tooltip="The reference video whose motion to read."),
+                io.String.Input("blocks", default="auto",
+                                tooltip=blocks_tooltip("Guidance blocks whose attention gives the motion", "read")
+                                        + " DiTFlow guided with block 15 of CogVideoX-2B's 30, 20 of 5B's 42."),
+                io.Float.Input("temperature", default=2.0, min=0.01, max=100.0, step=0.01,
+                               tooltip="τ multiplying the heads' mean attention logits before the softmax (DiTFlow: "
+                                       "2 in its config, 5 in its ablation); guidance reads the flow with the same τ."),
+                io.Float.Input("sigma", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Noise level of the forward; 0 = the clean video, as DiTFlow reads it."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise when sigma > 0."),
+                io.Combo.Input("encoding", options=list(ENCODINGS), default="native",
+                               tooltip="native: the whole clip with the VAE's temporal compression, the latent layout "
+                                       "a generation has (what guidance needs). per_frame: one latent frame per frame."),
+                io.Int.Input("frame_window", default=0, min=0, max=1024,
+                             tooltip="0: every ordered pair of latent frames (DiTFlow). N: only pairs at most N "
+                                     "latent frames apart (FastVMT's local pairs: cheaper to guide with)."),
+                io.Int.Input("picture_frame", default=0, min=0, max=100000,
+                             tooltip="The latent frame whose flow to every other frame the picture shows."),
+                io.Conditioning.Input("conditioning", optional=True,
+                                      tooltip="An empty prompt (else a zero context), as DiTFlow reads the reference."),
+            ],
+            outputs=[
+                MotionFlowType.Output(display_name="motion_flow"),
+                io.Image.Output(display_name="picture",
+                                tooltip="Per latent frame, the flow from picture_frame over the video (white = still; "
+                                        "the hue is the direction, as on the wheel in the corner)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, images, blocks, temperature, sigma, seed, encoding, frame_window, picture_frame,
+                conditioning=None) -> io.NodeOutput:
+        _, adapter = model_and_adapter(model)
+        used = model_blocks(blocks, "read", model)
+        latent, positions = encode_with_progress(vae, images, encoding)
+        if not 0 <= picture_frame < latent.shape[2]:
+            raise ValueError(f"picture_frame {picture_frame} is outside the reference's {latent.shape[2]} latent frames "
+                             f"(0..{latent.shape[2] - 1}).")
+        features = extract_from_latent(model, latent, positions, tuple(images.shape[1:3]), images.shape[0],
+                                       conditioning, used, sigma, seed, frames_per_chunk=0,
+                                       request=capture_request("all", 0.0, 1000.0, "cond", "model", "gpu"))
+        pairs = all_pairs(latent.shape[2], frame_window or None)
+        bar = comfy.utils.ProgressBar(len(used))
+        step = progress_step(bar)
+        displacement, confidence = {}, {}
+        for block in used:
+            qk = features.select(block)[0].qk
+            displacement[block], confidence[block] = hard_amf(qk.q, qk.k, temperature, pairs)
+            step()
+        grid = features.token_grid
+        features.release()
+        flow = MotionFlow(displacement, confidence, pairs, grid, latent.shape[2], positions, tuple(images.shape[1:3]),
+                          adapter.name, temperature)
+        picture = flow_pictures(flow, images, used[0], picture_frame)
+        shown = ui.ImageSaveHelper.save_animated_webp(picture, "difftrack_flow", io.FolderType.temp, cls, fps=4.0,
+                                                      lossless=False, quality=85, method=4)
+        return io.NodeOutput(flow, picture, ui=ui.SavedImages([shown], is_animated=picture.shape[0] > 1))
+
+
+NODES = [MotionFlowFromVideo]
