@@ -6,7 +6,10 @@ import torch.nn.functional as F
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..ditcorr.amf import MotionFlow, all_pairs, colour_wheel, flow_colours, hard_amf
+import comfy.samplers
+
+from ..ditcorr.amf import FlowLoss, MotionFlow, all_pairs, colour_wheel, flow_colours, hard_amf
+from .motion_transfer import TransferSettings, transfer_sampler
 from .encoding import ENCODINGS, encode_with_progress
 from .extract import extract_from_latent, progress_step
 from .vocabulary import CATEGORY, blocks_tooltip, capture_request, model_and_adapter, model_blocks
@@ -103,4 +106,54 @@ class MotionFlowFromVideo(io.ComfyNode):
         return io.NodeOutput(flow, picture, ui=ui.SavedImages([shown], is_animated=picture.shape[0] > 1))
 
 
-NODES = [MotionFlowFromVideo]
+class MotionTransferSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        defaults = TransferSettings()
+        return io.Schema(
+            node_id="DiffTrackMotionTransferSampler",
+            display_name="Motion Transfer Sampler (DiffTrack)",
+            category=CATEGORY,
+            description=("A SAMPLER for SamplerCustomAdvanced that makes the generation move like a reference video "
+                         "(DiTFlow): in the first steps the noisy latent is optimised so that the DiT's attention "
+                         "motion flow matches the reference's, then the chosen sampler takes its step. Generate at "
+                         "the reference's size and length, with the same model."),
+            inputs=[
+                MotionFlowType.Input("motion_flow", tooltip="From Motion Flow from Video."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                               tooltip="The sampler that takes the steps. The guided steps run it one step at a time, "
+                                       "so a multistep sampler restarts its history at each of them (DiTFlow used "
+                                       "DDIM, a one-step sampler)."),
+                io.Float.Input("guided_percent", default=defaults.guided_share, min=0.0, max=1.0, step=0.01,
+                               tooltip="Share of the steps, from the first, that are guided (DiTFlow: 10 of 50)."),
+                io.Int.Input("iterations", default=defaults.iterations, min=0, max=100,
+                             tooltip="Adam steps on the latent per guided step (DiTFlow: 5); 0 = plain sampling."),
+                io.Float.Input("rate_start", default=defaults.rate_start, min=0.0, max=10.0, step=0.0001,
+                               tooltip="Learning rate on the first guided step (DiTFlow: 0.002)..."),
+                io.Float.Input("rate_end", default=defaults.rate_end, min=0.0, max=10.0, step=0.0001,
+                               tooltip="...falling linearly to this on the last (DiTFlow: 0.001)."),
+                io.Boolean.Input("moving_only", default=defaults.loss.moving_only,
+                                 tooltip="Count only patches the reference moves (DiTFlow's threshloss); off also "
+                                         "holds still what stands still (a static camera)."),
+                io.Float.Input("min_confidence", default=defaults.loss.min_confidence, min=0.0, max=1.0, step=0.01,
+                               tooltip="Leave out patches whose reference match is less certain than this (the peak "
+                                       "attention probability): occluded or textureless patches whose argmax lurches."),
+                io.Float.Input("max_displacement", default=0.0, min=0.0, max=1000.0, step=0.5,
+                               tooltip="Leave out reference displacements longer than this many patches (argmax "
+                                       "outliers); 0 = no limit."),
+                io.Float.Input("huber", default=defaults.loss.huber, min=0.0, max=100.0, step=0.1,
+                               tooltip="Huber's δ in patches: errors beyond it count linearly, so outliers pull less; "
+                                       "0 = squared error (DiTFlow)."),
+            ],
+            outputs=[io.Sampler.Output(display_name="sampler")],
+        )
+
+    @classmethod
+    def execute(cls, motion_flow, sampler_name, guided_percent, iterations, rate_start, rate_end, moving_only,
+                min_confidence, max_displacement, huber) -> io.NodeOutput:
+        loss = FlowLoss(moving_only, min_confidence, max_displacement or None, huber)
+        settings = TransferSettings(guided_percent, iterations, rate_start, rate_end, loss)
+        return io.NodeOutput(transfer_sampler(sampler_name, motion_flow, settings))
+
+
+NODES = [MotionFlowFromVideo, MotionTransferSampler]

@@ -37,6 +37,9 @@ class Adapter:
     round_up = True
     # (temporal, spatial) compression of the family's usual VAE.
     vae_ratios = (4, 8)
+    # Modules whose model code calls a module-level `apply_rope1` (ComfyUI's RoPE op): where a differentiable one
+    # goes while gradients pass through the model (nodes/differentiable.py).
+    rope_modules: tuple[str, ...] = ()
 
     def block_count(self, diffusion_model: torch.nn.Module) -> int:
         return len(getattr(diffusion_model, self.blocks_attribute))

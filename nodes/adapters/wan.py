@@ -11,6 +11,7 @@ class WanAdapter(Adapter):
     name = "Wan 2.1/2.2"
     model_classes = (WanModel, VaceWanModel, CameraWanModel)
     blocks_attribute = "blocks"
+    rope_modules = ("comfy.ldm.wan.model",)
 
     def video_suffix_tokens(self, diffusion_model, grid, model_kwargs):
         # Phantom-style subject frames are concatenated after the video along time.

@@ -1,0 +1,131 @@
+"""Motion transfer by Attention Motion Flow guidance (DiTFlow): during the first steps of sampling, the noisy
+latent is optimised so that the generation's soft AMF at the guidance blocks matches a reference's hard AMF,
+then the sampler takes its normal step from the optimised latent."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import comfy.model_management
+import comfy.samplers
+
+from ..ditcorr.amf import FlowLoss, MotionFlow, flow_loss, soft_amf
+from .adapters import adapter_for
+from .capture import ForwardStopped
+from .differentiable import differentiable_forwards
+from .hooks import AttentionHook, SelfAttentionCall
+
+
+class FlowProbe(AttentionHook):
+    """At each guidance block, the soft AMF of the forward's first row (its autograd graph kept); the forward ends
+    after the deepest guidance block."""
+
+    def __init__(self, adapter, diffusion_model, flow: MotionFlow):
+        super().__init__(adapter, diffusion_model, list(flow.displacement))
+        self.flow = flow
+        self.flows: dict[int, torch.Tensor] = {}
+
+    def on_self_attention(self, call: SelfAttentionCall) -> torch.Tensor:
+        frames, height, width = call.forward.grid
+
+        def video(x: torch.Tensor) -> torch.Tensor:  # [B, H, L, D] -> [H, T, h, w, D] of the first row
+            x = x[0, :, call.video]
+            return x.reshape(x.shape[0], frames, height, width, x.shape[-1])
+
+        self.flows[call.block] = soft_amf(video(call.q), video(call.k), self.flow.temperature, self.flow.pairs)
+        if call.block == self.blocks[-1]:
+            raise ForwardStopped()
+        return call.run()
+
+
+@dataclass
+class TransferSettings:
+    """DiTFlow's schedule: the first `guided_share` of the steps guided, `iterations` Adam steps on the latent
+    each, the learning rate linear from `rate_start` to `rate_end` over the guided steps; the loss's options."""
+
+    guided_share: float = 0.2
+    iterations: int = 5
+    rate_start: float = 0.002
+    rate_end: float = 0.001
+    loss: FlowLoss = field(default_factory=FlowLoss)
+
+    def guided_steps(self, steps: int) -> int:
+        return min(steps, round(self.guided_share * steps))
+
+    def rate(self, step: int, guided: int) -> float:
+        return self.rate_start + (self.rate_end - self.rate_start) * (step / max(guided - 1, 1))
+
+
+def check_flow_fits(flow: MotionFlow, latent: torch.Tensor, grid: tuple[int, int, int]) -> None:
+    """ValueError unless a generation of `latent` (its token grid `grid`) has the reference's latent frames and
+    token grid (the AMF compares them pair by pair, token by token)."""
+    if (grid[0], *grid[1:]) != (flow.latent_frames, *flow.grid):
+        raise ValueError(f"The reference's motion flow is {flow.latent_frames} latent frames of {flow.grid[1]}x"
+                         f"{flow.grid[0]} tokens, the generation {grid[0]} of {grid[2]}x{grid[1]}: generate at the "
+                         f"reference's size and length ({flow.frame_size[1]}x{flow.frame_size[0]} pixels), or read "
+                         "the flow from a reference of the generation's size.")
+
+
+def optimise_latent(loss_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iterations: int,
+                    rate: float) -> tuple[torch.Tensor, list[float]]:
+    """`iterations` Adam steps on a copy of the latent x, minimising loss_of; gradients are taken with respect to
+    the latent alone (never accumulated on weights). Returns (the optimised latent, each step's loss)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        latent = x.detach().clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([latent], lr=rate)
+        losses = []
+        for _ in range(iterations):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            loss = loss_of(latent)
+            (latent.grad,) = torch.autograd.grad(loss, [latent])
+            optimiser.step()
+            losses.append(float(loss.detach()))
+    return latent.detach().to(x.dtype), losses
+
+
+def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
+                     report: list | None = None) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER: `base` (a ComfyUI sampler name) step by step through the guided steps, each preceded by the latent
+    optimisation, then the rest of the schedule in one call. report, if given, receives each guided step's losses."""
+    base_function = comfy.samplers.ksampler(base).sampler_function
+
+    def sample(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+        guider = model_k.inner_model  # the CFGGuider: its model and processed conds
+        base_model = guider.inner_model
+        adapter = adapter_for(base_model.diffusion_model)
+        check_flow_fits(flow, x, adapter.token_grid(base_model.diffusion_model, x.shape))
+        steps = len(sigmas) - 1
+        guided = settings.guided_steps(steps) if settings.iterations > 0 else 0
+
+        def shifted(offset: int):
+            return None if callback is None else (lambda d: callback({**d, "i": d["i"] + offset}))
+
+        def loss_of(sigma: torch.Tensor):
+            def loss(latent: torch.Tensor) -> torch.Tensor:
+                probe = FlowProbe(adapter, base_model.diffusion_model, flow)
+                options = probe.install_options(extra_args.get("model_options", {}))
+                try:
+                    comfy.samplers.calc_cond_batch(base_model, [guider.conds["positive"]], latent,
+                                                   sigma * latent.new_ones([latent.shape[0]]), options)
+                except ForwardStopped:
+                    pass
+                return sum(flow_loss(probe.flows[b], flow.displacement[b].to(latent.device),
+                                     flow.confidence[b].to(latent.device), settings.loss)
+                           for b in probe.blocks) / len(probe.blocks)
+            return loss
+
+        for step in range(guided):
+            with differentiable_forwards(adapter, base_model.diffusion_model):
+                x, losses = optimise_latent(loss_of(sigmas[step]), x, settings.iterations, settings.rate(step, guided))
+            if report is not None:
+                report.append(losses)
+            x = base_function(model_k, x, sigmas[step:step + 2], extra_args=extra_args, callback=shifted(step),
+                              disable=True)
+        if guided == steps:
+            return x
+        return base_function(model_k, x, sigmas[guided:], extra_args=extra_args, callback=shifted(guided),
+                             disable=disable)
+
+    return comfy.samplers.KSAMPLER(sample)

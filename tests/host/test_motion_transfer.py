@@ -1,0 +1,102 @@
+"""Motion-transfer guidance on the tiny trained Wan: a reference's flow read, then the latent optimised towards it
+inside a real ComfyUI sampling run; zero iterations leave sampling bit for bit as it was; gradients reach the
+latent only; the RoPE swap is undone even after an error."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+
+from difftrack_devkit.models import text_conditioning
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
+from difftrack_pack.ditcorr.synthetic import make_clip
+from difftrack_pack.nodes.adapters import adapter_for
+from difftrack_pack.nodes.differentiable import differentiable_forwards
+from difftrack_pack.nodes.motion_nodes import MotionFlowFromVideo
+from difftrack_pack.nodes.motion_transfer import TransferSettings, transfer_sampler
+from difftrack_devkit.nodes import run_node
+
+SIZE, FRAMES = 64, 9
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = comfy.sd.load_diffusion_model(str(TRAINED / TRAINED_DIT))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(TRAINED / TRAINED_VAE)))
+    clip = make_clip(11, (SIZE, SIZE), FRAMES)
+    flow, _ = run_node(MotionFlowFromVideo, model=model, vae=vae, images=clip.frames, blocks="7").args
+    return model, flow
+
+
+def generate(model, flow, settings: TransferSettings, base: str = "euler", report=None) -> torch.Tensor:
+    latent = torch.zeros(1, 16, flow.latent_frames, SIZE // 8, SIZE // 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
+    guider.set_cfg(2.0)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 5)
+    sampler = (transfer_sampler(base, flow, settings, report) if settings is not None
+               else comfy.samplers.sampler_object(base))
+    return guider.sample(noise, latent, sampler, sigmas, seed=3, disable_pbar=True)
+
+
+def test_zero_iterations_sample_bit_for_bit_as_the_plain_sampler(trained):
+    model, flow = trained
+    plain = generate(model, flow, None)
+    assert torch.equal(generate(model, flow, TransferSettings(iterations=0)), plain)
+    # Guided steps run one by one through the base sampler: for a one-step sampler that changes nothing either.
+    assert torch.equal(generate(model, flow, TransferSettings(iterations=0, guided_share=1.0)), plain)
+
+
+def test_guidance_lowers_the_flow_loss_and_touches_no_weight(trained):
+    model, flow = trained
+    report = []
+    settings = TransferSettings(guided_share=0.4, iterations=4, rate_start=0.05, rate_end=0.05)
+    guided = generate(model, flow, settings, report=report)
+    assert len(report) == 2 and all(len(losses) == 4 for losses in report)
+    assert all(losses[-1] < losses[0] for losses in report), report
+    assert not torch.equal(guided, generate(model, flow, None))
+    diffusion_model = model.get_model_object("diffusion_model")
+    assert all(parameter.grad is None and not parameter.requires_grad for parameter in diffusion_model.parameters())
+
+
+def test_the_rope_swap_is_undone_after_an_error(trained):
+    model, _ = trained
+    module = importlib.import_module("comfy.ldm.wan.model")
+    original = module.apply_rope1
+    diffusion_model = model.get_model_object("diffusion_model")
+    with pytest.raises(RuntimeError, match="stop"):
+        with differentiable_forwards(adapter_for(diffusion_model), diffusion_model):
+            assert module.apply_rope1 is not original
+            raise RuntimeError("stop")
+    assert module.apply_rope1 is original
+
+
+def test_the_sampler_node_gives_the_guided_sampler(trained):
+    from difftrack_pack.nodes.motion_nodes import MotionTransferSampler
+
+    model, flow = trained
+    (sampler,) = run_node(MotionTransferSampler, motion_flow=flow, iterations=2, guided_percent=0.2,
+                          rate_start=0.05, rate_end=0.05).args
+    latent = torch.zeros(1, 16, flow.latent_frames, SIZE // 8, SIZE // 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
+    guider.set_cfg(2.0)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 5)
+    out = guider.sample(noise, latent, sampler, sigmas, seed=3, disable_pbar=True)
+    report = []
+    expected = generate(model, flow, TransferSettings(guided_share=0.2, iterations=2, rate_start=0.05, rate_end=0.05),
+                        report=report)
+    assert len(report) == 1 and torch.equal(out, expected)  # the node's settings are the ones it was given
+
+
+def test_a_generation_of_another_size_is_refused(trained):
+    model, flow = trained
+    other = type(flow)(**{**flow.__dict__, "grid": (flow.grid[0] + 1, flow.grid[1])})
+    with pytest.raises(ValueError, match="generate at the reference's size and length"):
+        generate(model, other, TransferSettings())
