@@ -11,10 +11,13 @@ import comfy.model_management
 import comfy.samplers
 
 from ..ditcorr.amf import FlowLoss, MotionFlow, flow_loss, soft_amf
-from .adapters import adapter_for
+from .adapters import ADAPTERS, adapter_for
 from .capture import ForwardStopped
 from .differentiable import differentiable_forwards
 from .hooks import AttentionHook, SelfAttentionCall
+
+
+DIFFERENTIABLE_FAMILIES = [adapter.name for adapter in ADAPTERS if adapter.rope_modules]
 
 
 class FlowProbe(AttentionHook):
@@ -95,6 +98,10 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
         guider = model_k.inner_model  # the CFGGuider: its model and processed conds
         base_model = guider.inner_model
         adapter = adapter_for(base_model.diffusion_model)
+        if not adapter.rope_modules:
+            raise ValueError(f"Motion transfer differentiates through the model, which the pack can do for "
+                             f"{', '.join(DIFFERENTIABLE_FAMILIES)} so far, not yet for {adapter.name}: sample with "
+                             "one of those, or use a plain sampler.")
         check_flow_fits(flow, x, adapter.token_grid(base_model.diffusion_model, x.shape))
         steps = len(sigmas) - 1
         guided = settings.guided_steps(steps) if settings.iterations > 0 else 0

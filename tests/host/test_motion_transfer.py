@@ -100,3 +100,18 @@ def test_a_generation_of_another_size_is_refused(trained):
     other = type(flow)(**{**flow.__dict__, "grid": (flow.grid[0] + 1, flow.grid[1])})
     with pytest.raises(ValueError, match="generate at the reference's size and length"):
         generate(model, other, TransferSettings())
+
+
+def test_a_family_it_cannot_differentiate_is_refused(trained):
+    from difftrack_devkit.models import random_model, model_config
+
+    _, flow = trained
+    model = random_model("hunyuan_video")
+    channels, frames, height, width = model_config("hunyuan_video").latent
+    latent = torch.zeros(1, channels, frames, height, width)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 2)
+    with pytest.raises(ValueError, match="not yet for HunyuanVideo"):
+        guider.sample(torch.randn(latent.shape), latent, transfer_sampler("euler", flow, TransferSettings()), sigmas,
+                      disable_pbar=True)
