@@ -159,7 +159,8 @@ def tiny_prompt(prompt: dict, size: int = CLIP_SIZE, frames: int = CLIP_FRAMES, 
         inputs.update({"VAELoader": {"vae_name": TINY_VAE}, "LoadVideo": {"file": CLIP}, "ImageScale": small,
                        "EmptyHunyuanLatentVideo": {**small, "length": frames},
                        "WanMoveTrackToVideo": {**small, "length": frames},
-                       "KSampler": {"steps": steps}, "DiffTrackCAGSampler": {"steps": steps}}.get(kind, {}))
+                       "KSampler": {"steps": steps}, "DiffTrackCAGSampler": {"steps": steps},
+                       "BasicScheduler": {"steps": steps}}.get(kind, {}))
         if kind == "DiffTrackTrackPoints":
             points = json.loads(inputs["points"])
             inputs["points"] = json.dumps([{**p, "x": p["x"] * scale_x, "y": p["y"] * scale_y} for p in points])

@@ -198,6 +198,55 @@ GRAPHS = {
                ("decode_cfg", 0, "video_cfg", "images"), ("decode_cag", 0, "video_cag", "images"),
                ("video_cfg", 0, "save_cfg", "video"), ("video_cag", 0, "save_cag", "video")],
     ),
+    "difftrack_motion_transfer_wan21": dict(
+        note=("## Make a new video move like a reference video (motion transfer, after DiTFlow)\n"
+              "1. Load the reference in **Load Video**: its first 33 frames, scaled to 832x480, are used.\n"
+              "2. *Motion Flow from Video* reads its motion from the DiT's own attention (the picture shows the "
+              "flow from the first latent frame: white is still, the hue is the direction).\n"
+              "3. Write the new prompt. The upper sampler is guided by that flow on its first 20% of steps "
+              "(*Motion Transfer Sampler*: the noisy latent is optimised until the attention moves the same way); "
+              "the lower one is the same seed unguided, for comparison. Both videos go to `output/difftrack/`.\n\n"
+              "Generate at the reference's size and length (here 832x480, 33 frames) with the same model. Guidance "
+              "differentiates through the DiT: expect several times a plain run's memory and time on the guided "
+              "steps. On the pack's tiny test model the flow loss falls; whether motion transfers there, and the "
+              "cost on Wan 1.3B, are not measured yet (README, Limits)."),
+        nodes={
+            **T2V_NODES,
+            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 500)),
+            "frames": ("GetVideoComponents", {}, (0, 860)),
+            "scale": ("ImageScale", SCALE, (360, 860)),
+            "cut": ("ImageFromBatch", {"batch_index": 0, "length": 33}, (360, 1100)),
+            "flow": ("DiffTrackMotionFlow", {}, (760, 860)),
+            "flow_video": ("CreateVideo", {"fps": 8.0}, (1140, 860)),
+            "save_flow": ("SaveVideo", {"filename_prefix": "difftrack/motion_flow", **VIDEO_OUT}, (1400, 860)),
+            "transfer": ("DiffTrackMotionTransferSampler", {}, (760, 0)),
+            "plain": ("KSamplerSelect", {"sampler_name": "euler"}, (760, 560)),
+            "guider": ("CFGGuider", {"cfg": 6.0}, (760, 680)),
+            "noise": ("RandomNoise", {"noise_seed": 42}, (1140, 680)),
+            "sigmas": ("BasicScheduler", {"scheduler": "simple", "steps": 30, "denoise": 1.0}, (1140, 560)),
+            "guided": ("SamplerCustomAdvanced", {}, (1140, 0)),
+            "unguided": ("SamplerCustomAdvanced", {}, (1140, 300)),
+            "decode_guided": ("VAEDecode", {}, (1500, 0)),
+            "decode_unguided": ("VAEDecode", {}, (1500, 300)),
+            "video_guided": ("CreateVideo", {"fps": 16.0}, (1760, 0)),
+            "video_unguided": ("CreateVideo", {"fps": 16.0}, (1760, 300)),
+            "save_guided": ("SaveVideo", {"filename_prefix": "difftrack/motion_transfer", **VIDEO_OUT}, (2060, 0)),
+            "save_unguided": ("SaveVideo", {"filename_prefix": "difftrack/unguided", **VIDEO_OUT}, (2060, 300)),
+        },
+        links=[*T2V_LINKS, ("video", 0, "frames", "video"), ("frames", 0, "scale", "image"), ("scale", 0, "cut", "image"),
+               ("model", 0, "flow", "model"), ("vae", 0, "flow", "vae"), ("cut", 0, "flow", "images"),
+               ("flow", 1, "flow_video", "images"), ("flow_video", 0, "save_flow", "video"),
+               ("flow", 0, "transfer", "motion_flow"),
+               ("model", 0, "guider", "model"), ("positive", 0, "guider", "positive"), ("negative", 0, "guider", "negative"),
+               ("model", 0, "sigmas", "model"),
+               *[link for run, sampler in (("guided", "transfer"), ("unguided", "plain")) for link in (
+                   ("noise", 0, run, "noise"), ("guider", 0, run, "guider"), (sampler, 0, run, "sampler"),
+                   ("sigmas", 0, run, "sigmas"), ("latent", 0, run, "latent_image"))],
+               ("guided", 0, "decode_guided", "samples"), ("vae", 0, "decode_guided", "vae"),
+               ("unguided", 0, "decode_unguided", "samples"), ("vae", 0, "decode_unguided", "vae"),
+               ("decode_guided", 0, "video_guided", "images"), ("decode_unguided", 0, "video_unguided", "images"),
+               ("video_guided", 0, "save_guided", "video"), ("video_unguided", 0, "save_unguided", "video")],
+    ),
     "difftrack_ksampler_cag_patch_wan21": dict(
         note=("## The stock KSampler with Cross-Attention Guidance\n"
               "**CAG** patches the model: any sampler that takes a MODEL now applies CAG on the steps between "
@@ -319,7 +368,8 @@ THUMBNAIL_SIZE = 512  # the template browser shows square cards
 
 
 def thumbnail(videos: list[Path], path: Path, picture: Path | None = None) -> None:
-    """Four evenly spaced frames in a 2x2 grid (of one video; or two of each of two videos, a row each), as a JPEG.
+    """Four evenly spaced frames in a 2x2 grid (of one video; two of each of two videos, a row each; the middle
+    frame of each of three or four), as a JPEG.
     With a picture (a node's preview, such as the analysis heat map) it fills the top half instead, on white, and two
     frames of the first video the bottom half."""
     import av
@@ -333,7 +383,10 @@ def thumbnail(videos: list[Path], path: Path, picture: Path | None = None) -> No
         with av.open(str(video)) as container:
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
         count = max(1, 4 // len(videos))
-        tiles += [frames[round(i * (len(frames) - 1) / max(count - 1, 1))] for i in range(count)]
+        if count == 1:  # three or more videos: the middle frame of each
+            tiles.append(frames[len(frames) // 2])
+        else:
+            tiles += [frames[round(i * (len(frames) - 1) / (count - 1))] for i in range(count)]
     if picture is not None:
         tiles = [tiles[0], tiles[-1]]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 2)
