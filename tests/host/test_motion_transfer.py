@@ -32,16 +32,21 @@ def trained():
     return model, flow
 
 
-def generate(model, flow, settings: TransferSettings, base: str = "euler", report=None) -> torch.Tensor:
+def sample_with(model, flow, sampler) -> torch.Tensor:
+    """A real sampling run of `sampler` at the reference's latent layout (cfg 2, 5 steps, fixed noise)."""
     latent = torch.zeros(1, 16, flow.latent_frames, SIZE // 8, SIZE // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
     guider.set_cfg(2.0)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 5)
-    sampler = (transfer_sampler(base, flow, settings, report) if settings is not None
-               else comfy.samplers.sampler_object(base))
     return guider.sample(noise, latent, sampler, sigmas, seed=3, disable_pbar=True)
+
+
+def generate(model, flow, settings: TransferSettings | None, base: str = "euler", report=None) -> torch.Tensor:
+    """sample_with the guided sampler, or the plain `base` sampler when settings is None."""
+    return sample_with(model, flow, transfer_sampler(base, flow, settings, report) if settings is not None
+                       else comfy.samplers.sampler_object(base))
 
 
 def test_zero_iterations_sample_bit_for_bit_as_the_plain_sampler(trained):
@@ -82,13 +87,7 @@ def test_the_sampler_node_gives_the_guided_sampler(trained):
     model, flow = trained
     (sampler,) = run_node(MotionTransferSampler, motion_flow=flow, iterations=2, guided_percent=0.2,
                           rate_start=0.05, rate_end=0.05).args
-    latent = torch.zeros(1, 16, flow.latent_frames, SIZE // 8, SIZE // 8)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
-    guider.set_cfg(2.0)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 5)
-    out = guider.sample(noise, latent, sampler, sigmas, seed=3, disable_pbar=True)
+    out = sample_with(model, flow, sampler)
     report = []
     expected = generate(model, flow, TransferSettings(guided_share=0.2, iterations=2, rate_start=0.05, rate_end=0.05),
                         report=report)
