@@ -1,5 +1,5 @@
 """Host-free core of the DiffTrack node pack: features, chunking, correspondence cost, tracking, correspondence
-analysis, metrics, drawing.
+analysis, mask propagation, attention motion flow, metrics, drawing.
 
 Nothing here imports ComfyUI; it needs torch and numpy, and Pillow for the analysis chart's text (all three ship
 with ComfyUI).
