@@ -53,6 +53,19 @@ def _side_by_side(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 3, 0, 4).reshape(frames, height * width, heads * dim)
 
 
+def _pair_batches(q: torch.Tensor, k: torch.Tensor, temperature: float, pairs: list[tuple[int, int]] | None,
+                  pair_batch: int):
+    """What both AMFs read: the logits' scale (τ over heads·√d, the heads' mean of q·k/√d), token positions
+    [h*w, 2], and per batch of at most `pair_batch` pairs (default all_pairs) the sources' and targets' side-by-side
+    q and k ([G, h*w, H*d] each), in the order of `pairs`, gathered as they are consumed."""
+    heads, frames, height, width, dim = q.shape
+    pairs = pairs if pairs is not None else all_pairs(frames)
+    qs, ks = _side_by_side(q), _side_by_side(k)
+    batches = ((qs[[i for i, _ in pairs[start:start + pair_batch]]], ks[[j for _, j in pairs[start:start + pair_batch]]])
+               for start in range(0, len(pairs), pair_batch))  # lazily: one batch's copies at a time
+    return temperature / (heads * math.sqrt(dim)), token_positions(height, width, q.device), batches
+
+
 def _pair_softmax(q_rows: torch.Tensor, k_rows: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax over targets of scale * q·k: q_rows [G, M, Hd], k_rows [G, M, Hd] -> [G, M, M] (float32)."""
     return torch.softmax(torch.bmm(q_rows.float(), k_rows.float().transpose(1, 2)) * scale, dim=-1)
@@ -71,20 +84,13 @@ def hard_amf(q: torch.Tensor, k: torch.Tensor, temperature: float = 2.0, pairs: 
     heads' mean logits; pairs: (source, target) latent frames (default all_pairs). Returns (displacement [P, h*w, 2]
     (x, y) patches, confidence [P, h*w]: the softmax's peak probability), in the order of `pairs`.
     """
-    heads, frames, height, width, dim = q.shape
-    pairs = pairs if pairs is not None else all_pairs(frames)
-    scale = temperature / (heads * math.sqrt(dim))
-    qs, ks = _side_by_side(q), _side_by_side(k)
-    positions = token_positions(height, width, q.device)
-    displacement = torch.empty(len(pairs), height * width, 2, device=q.device)
-    confidence = torch.empty(len(pairs), height * width, device=q.device)
-    for start in range(0, len(pairs), pair_batch):
-        batch = pairs[start:start + pair_batch]
-        source, target = [i for i, _ in batch], [j for _, j in batch]
-        peak, index = _pair_softmax(qs[source], ks[target], scale).max(dim=-1)
-        displacement[start:start + len(batch)] = positions[index] - positions
-        confidence[start:start + len(batch)] = peak
-    return displacement, confidence
+    scale, positions, batches = _pair_batches(q, k, temperature, pairs, pair_batch)
+    displacements, confidences = [], []
+    for q_rows, k_rows in batches:
+        peak, index = _pair_softmax(q_rows, k_rows, scale).max(dim=-1)
+        displacements.append(positions[index] - positions)
+        confidences.append(peak)
+    return torch.cat(displacements), torch.cat(confidences)
 
 
 def soft_amf(q: torch.Tensor, k: torch.Tensor, temperature: float = 2.0, pairs: list[tuple[int, int]] | None = None,
@@ -94,15 +100,9 @@ def soft_amf(q: torch.Tensor, k: torch.Tensor, temperature: float = 2.0, pairs: 
     Shapes as hard_amf; returns [P, h*w, 2], differentiable in q and k. recompute: each batch of pairs' softmax
     is recomputed in the backward pass instead of being kept (memory O(pair_batch * (h*w)^2), not O(P * (h*w)^2)).
     """
-    heads, frames, height, width, dim = q.shape
-    pairs = pairs if pairs is not None else all_pairs(frames)
-    scale = temperature / (heads * math.sqrt(dim))
-    qs, ks = _side_by_side(q), _side_by_side(k)
-    positions = token_positions(height, width, q.device)
+    scale, positions, batches = _pair_batches(q, k, temperature, pairs, pair_batch)
     parts = []
-    for start in range(0, len(pairs), pair_batch):
-        batch = pairs[start:start + pair_batch]
-        q_rows, k_rows = qs[[i for i, _ in batch]], ks[[j for _, j in batch]]
+    for q_rows, k_rows in batches:
         if recompute and torch.is_grad_enabled():
             parts.append(torch.utils.checkpoint.checkpoint(_expected_displacement, q_rows, k_rows, scale, positions,
                                                            use_reentrant=False))

@@ -228,8 +228,10 @@ def labels_at(labels: dict[float, torch.Tensor], frame: int) -> torch.Tensor:
     positions = sorted(labels)
     before = [p for p in positions if p <= frame]
     after = [p for p in positions if p >= frame]
-    if not before or not after:
-        return labels[(before or after)[-1 if before else 0]]
+    if not after:
+        return labels[before[-1]]
+    if not before:
+        return labels[after[0]]
     low, high = before[-1], after[0]
     if low == high:
         return labels[low]

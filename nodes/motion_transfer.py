@@ -63,7 +63,7 @@ class TransferSettings:
 def check_flow_fits(flow: MotionFlow, latent: torch.Tensor, grid: tuple[int, int, int]) -> None:
     """ValueError unless a generation of `latent` (its token grid `grid`) has the reference's latent frames and
     token grid (the AMF compares them pair by pair, token by token)."""
-    if (grid[0], *grid[1:]) != (flow.latent_frames, *flow.grid):
+    if tuple(grid) != (flow.latent_frames, *flow.grid):
         raise ValueError(f"The reference's motion flow is {flow.latent_frames} latent frames of {flow.grid[1]}x"
                          f"{flow.grid[0]} tokens, the generation {grid[0]} of {grid[2]}x{grid[1]}: generate at the "
                          f"reference's size and length ({flow.frame_size[1]}x{flow.frame_size[0]} pixels), or read "

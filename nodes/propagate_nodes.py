@@ -39,7 +39,9 @@ def object_masks(mask: torch.Tensor, layout: str, frame_size: tuple[int, int]) -
         objects = mask > 0.5
     else:
         values = (mask[0] * 255).round()
-        objects = torch.stack([values == v for v in values.unique().tolist() if v > 0]) if (values > 0).any() else mask[:0] > 0
+        levels = [v for v in values.unique().tolist() if v > 0]
+        objects = (torch.stack([values == v for v in levels]) if levels
+                   else torch.zeros(0, *frame_size, dtype=torch.bool))
     objects = objects[objects.flatten(1).any(dim=1)]  # a mask left empty names no object
     if objects.shape[0] == 0:
         raise ValueError("The mask is empty: paint the object(s) to follow on the annotated frame (right-click Load "
@@ -49,6 +51,11 @@ def object_masks(mask: torch.Tensor, layout: str, frame_size: tuple[int, int]) -
                          f"mask_objects 'values', every distinct value is an object: an anti-aliased or soft mask "
                          f"has many; use 'batch', or a label image of object ids.")
     return objects
+
+
+def nearest(positions, frame: int) -> float:
+    """The token frame (source-frame position) nearest a source frame: where the annotated masks go."""
+    return min(positions, key=lambda p: abs(p - frame))
 
 
 def on_device(window, qk) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,18 +72,19 @@ def model_forwards(model, latent: torch.Tensor, positions: tuple[float, ...], im
     chunks = plan_windows(latent.shape[2], extraction.frames_per_chunk, reference, overlap)
     request = capture_request("all", 0.0, 1000.0, "cond", extraction.storage_dtype, extraction.storage)
     blocks = model_blocks(extraction.blocks, "read", model)
-    window, bar = compute_window(), comfy.utils.ProgressBar(len(chunks))
+    bar = comfy.utils.ProgressBar(len(chunks))
     for chunk in chunks:
         features = extract_from_latent(model, latent, positions, tuple(images.shape[1:3]), images.shape[0],
                                        conditioning, blocks, extraction.sigma, extraction.seed, request=request,
                                        chunks=[chunk])
-        yield features.chunk_frames[0], *fused_qk([on_device(window, selection[0].qk) for selection in features.select_many()])
+        yield from captured_forwards(features, blocks)
         features.release()
         bar.update(1)
 
 
 def captured_forwards(features, blocks: list[int]) -> Iterator[tuple[tuple[float, ...], torch.Tensor, torch.Tensor]]:
-    """(positions, q, k) of each captured forward of Extract Features' output, the chosen blocks fused."""
+    """(positions, q, k) of each captured forward of `features` (Extract Features' output, or one forward the node
+    extracted), the chosen blocks fused, on the compute device."""
     selections, window = features.select_many(blocks), compute_window()
     for index in range(len(selections[0])):
         yield selections[0][index].frames, *fused_qk([on_device(window, selection[index].qk) for selection in selections])
@@ -159,16 +167,17 @@ class PropagateMask(io.ComfyNode):
                                  "or connect model and vae instead of features.")
             forwards = captured_forwards(features, resolve_blocks(blocks, "fuse", features.blocks()))
             positions = sorted({p for frames in features.chunk_frames for p in frames})
+            annotated = nearest(positions, annotated_frame)
         else:
             model_blocks(blocks, "read", model, best=True)  # an unsupported model or unreadable blocks: refused first
             extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
             latent, positions = extraction.encode(vae, images)
             extraction, chosen = with_best_block(extraction, model, latent, positions, images, conditioning)
-            reference = min(range(len(positions)), key=lambda i: abs(positions[i] - annotated_frame))
-            forwards = model_forwards(model, latent, positions, images, conditioning, extraction, reference, context)
+            annotated = nearest(positions, annotated_frame)
+            forwards = model_forwards(model, latent, positions, images, conditioning, extraction,
+                                      positions.index(annotated), context)
         bar = comfy.utils.ProgressBar(max(1, len(positions) - 1) + frame_count)  # token frames, then pixel frames
         step = progress_step(bar)
-        annotated = min(positions, key=lambda p: abs(p - annotated_frame))  # the token frame the masks go on
         labels, _ = propagate_video(forwards, annotated, objects, settings, step)
         maps = label_maps(labels, images, annotated_frame, label_image(objects), step)
         count = objects.shape[0]
