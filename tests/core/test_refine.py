@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from difftrack_pack.ditcorr.refine import (PixelSettings, align, grey_pyramid, levels_for, refine_tracks, temporal_median,
-                                           through_time)
+from difftrack_pack.ditcorr.refine import (PixelSettings, align, grey_pyramid, levels_for, refine_tracks, segment_median,
+                                           temporal_median, through_time)
 from difftrack_pack.ditcorr.synthetic import smooth_texture
 from difftrack_pack.ditcorr.track import TrackSettings, track_points
 
@@ -131,15 +131,50 @@ def test_time_chains_from_direct_matches_and_fills_gaps_from_trusted_frames_only
     step = xy(0, 2, 50, 50, 0, 3, 50)
     step_ok = torch.tensor([0, 1, 0, 0, 0, 1, 0], dtype=torch.bool)[:, None]
     coarse = xy(10, 14, 60, 60, 28, 36, 70)
-    out = through_time(direct, direct_ok, step, step_ok, coarse, reach=16.0)[:, 0, 0]
+    out = through_time(direct, direct_ok, step, step_ok, coarse, coarse_reach=16.0)[:, 0, 0]
     # 1: chained from 0; 2, 3: between 1 (12) and 4 (30), never the chain; 5: chained from 4; 6: on at 5's velocity.
     assert out.tolist() == [10, 12, 18, 24, 30, 33, 36]
-    assert through_time(direct, direct_ok, step, step_ok, coarse, reach=3.0)[1, 0, 0] == 12  # 12 vs coarse 14
-    far = through_time(direct, direct_ok, step, step_ok, coarse + xy(0, 9, 0, 0, 0, 0, 0), reach=3.0)
+    assert through_time(direct, direct_ok, step, step_ok, coarse, coarse_reach=3.0)[1, 0, 0] == 12  # 12 vs coarse 14
+    far = through_time(direct, direct_ok, step, step_ok, coarse + xy(0, 9, 0, 0, 0, 0, 0), coarse_reach=3.0)
     assert far[1, 0, 0] == 15  # the chained 12 is 11 px from the coarse 23: refused, so a quarter of the way 10 -> 30
     alone = through_time(direct, torch.tensor([1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)[:, None], step,
-                         torch.zeros(7, 1, dtype=torch.bool), coarse, reach=16.0)
+                         torch.zeros(7, 1, dtype=torch.bool), coarse, coarse_reach=16.0)
     assert torch.equal(alone[1:], coarse[1:])  # no pixel evidence at all past the query frame: the DiT's positions
+
+
+def test_a_chained_run_moves_by_its_steps_and_is_placed_by_the_median_of_its_direct_matches():
+    """A still point over 8 frames (hand-worked): the chain holds on 1-3, breaks into frame 4 (an occlusion, say) and
+    holds again on 5-7. Direct matches slide along an edge on 1-3 (creeping 3 px a frame) and are mixed on 4-7."""
+    xy = lambda *values: torch.tensor(values, dtype=torch.float32).view(-1, 1, 1).expand(-1, 1, 2).clone()  # noqa: E731
+    direct = xy(10, 13, 16, 19, 41, 40, 70, 40)
+    direct_ok = torch.ones(8, 1, dtype=torch.bool)
+    step = xy(0, 0, 0, 0, 30, 0, 0, 0)
+    step_ok = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)[:, None]
+    coarse = xy(10, 12, 12, 12, 40, 40, 40, 40)
+    out = through_time(direct, direct_ok, step, step_ok, coarse, coarse_reach=64.0)[:, 0, 0]
+    # 0-3: the query frame's run, at the query point whatever the direct matches say; 4-7: the median of 41, 40,
+    # 70, 40 (40.5): one wrong match (70) moves nothing.
+    assert out.tolist() == [10, 10, 10, 10, 40.5, 40.5, 40.5, 40.5]
+
+
+def test_segment_median_equals_a_loop_over_segments():
+    generator = torch.Generator().manual_seed(3)
+    length, count = 11, 6
+    values = torch.randn(length, count, 2, generator=generator) * 20
+    valid = torch.rand(length, count, generator=generator) > 0.3
+    breaks = torch.rand(length, count, generator=generator) > 0.6
+    breaks[0] = True
+    index = torch.arange(length)[:, None].expand(length, count)
+    start = torch.where(breaks, index, 0).cummax(dim=0).values
+    end = torch.stack([torch.tensor([max(u for u in range(length) if start[u, n] == start[t, n]) for n in range(count)])
+                       for t in range(length)])
+    median = segment_median(values, valid, start, end)
+    for n in range(count):
+        for t in range(length):
+            kept = sorted(values[u, n, 0].item() for u in range(start[t, n], end[t, n] + 1) if valid[u, n])
+            if kept:
+                middle = (kept[(len(kept) - 1) // 2] + kept[len(kept) // 2]) / 2
+                assert median[t, n, 0].item() == pytest.approx(middle, abs=1e-4)
 
 
 def test_temporal_median_stays_inside_runs_of_visible_frames():
