@@ -158,32 +158,35 @@ def normalise_latents(vae, sample: torch.Tensor) -> None:
     decode_weight.mul_((1 / gain).view(1, -1, 1, 1, 1).to(decode_weight))
 
 
-def sample_sigmas(count: int, generator: torch.Generator) -> torch.Tensor:
-    """Half uniform, half shifted as Wan's sampler schedule (shift 8) spends its steps."""
+def sample_sigmas(count: int, generator: torch.Generator, shifted_fraction: float = 0.5, shift: float = 8.0) -> torch.Tensor:
+    """Noise levels in (0, 1): `shifted_fraction` of them shifted as Wan's sampler schedule spends its steps
+    (shift * u / (1 + (shift - 1) * u), most of them near 1, where a clip's layout and motion are decided), the rest
+    uniform. The shipped model's first parts drew half of each."""
     u = torch.rand(count, generator=generator)
-    shifted = 8 * u / (1 + 7 * u)
-    return torch.where(torch.arange(count) % 2 == 0, u, shifted)
+    shifted = shift * u / (1 + (shift - 1) * u)
+    return torch.where(torch.arange(count) < round(count * shifted_fraction), shifted, u)
 
 
 def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minutes: float, batch: int, device: str,
-              compile_model: bool, ema_decay: float, log: list) -> int:
+              compile_model: bool, ema_decay: float, shifted_fraction: float, peak_lr: float, log: list) -> int:
     """Trains `dit` in place on latents [N, 16, T, h, w] (normalised clean latents on `device`). Stops at max_steps or
     after `minutes` (compilation included); the learning rate decays over whichever comes first. Leaves in `dit` the
-    exponential moving average of its weights with `ema_decay` (0: its final weights); returns the number of steps."""
+    exponential moving average of its weights with `ema_decay` (0: its final weights); returns the number of steps.
+    shifted_fraction: of the noise levels (sample_sigmas); peak_lr: AdamW's learning rate after warm-up."""
     parameters = list(dit.parameters())
     average = [p.detach().clone() for p in parameters]
-    optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
     forward = torch.compile(dit) if compile_model else dit
     context = torch.zeros(batch, 1, 4096, device=device)
     generator = torch.Generator().manual_seed(0)
     started, step, losses = time.time(), 0, []
     while step < max_steps and time.time() - started < minutes * 60:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, max(step / max_steps, (time.time() - started) / (minutes * 60)), 5e-4)
+            group["lr"] = lr_at(step, max(step / max_steps, (time.time() - started) / (minutes * 60)), peak_lr)
         clean = latents[torch.randint(len(latents), (batch,), generator=generator).to(device)].float()
         reverse = (torch.rand(batch, generator=generator) < 0.5).to(device)  # per-frame latents: time reversal is exact
         clean = torch.where(reverse.view(-1, 1, 1, 1, 1), clean.flip(2), clean)
-        sigma = sample_sigmas(batch, generator).to(device)
+        sigma = sample_sigmas(batch, generator, shifted_fraction).to(device)
         noise = torch.randn_like(clean)
         noisy = clean + sigma.view(-1, 1, 1, 1, 1) * (noise - clean)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
@@ -236,6 +239,10 @@ def main() -> None:
     parser.add_argument("--dit-batch", type=int, default=32)
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="save this exponential moving average of the DiT's weights (0: its final weights)")
+    parser.add_argument("--shifted-fraction", type=float, default=0.5,
+                        help="of the DiT's noise levels, the fraction drawn as the shift-8 sampler spends its steps "
+                             "(near 1, where motion is decided); the rest uniform")
+    parser.add_argument("--lr", type=float, default=5e-4, help="the DiT's peak learning rate")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     parser.add_argument("--resume", type=Path, help="a folder this script wrote: keep its VAE, train its DiT further")
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
@@ -278,7 +285,7 @@ def main() -> None:
     if args.resume:
         load(dit, args.resume / TRAINED_DIT)
     steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
-                      args.ema_decay, log)
+                      args.ema_decay, args.shifted_fraction, args.lr, log)
     lap("dit")
     args.out.mkdir(parents=True, exist_ok=True)
     save(vae, args.out / TRAINED_VAE)

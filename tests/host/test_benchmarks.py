@@ -36,6 +36,7 @@ def run(script: str, *args: str) -> dict:
     ("analysis.py", ("--clips", "1", "--sigmas", "0.2"),
      {"grid", "best_block_by_gt", "best_sigma_by_gt", "auto_block", "auto_sigma", "best_delta_avg", "auto_delta_avg",
       "seconds"}),
+    ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2"), {"generated", "real", "meets", "seconds"}),
 ])
 def test_benchmark_prints_its_json_line(script, args, keys):
     out = run(script, *args)
@@ -49,6 +50,9 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["total_s"] >= out["encode_s"] > 0 and sorted(out["encode_s_by_max_batch"]) == ["1", "4"]
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
+    if script == "generation.py":  # the rendered clips are the yardstick: they pan coherently, their sprites persist
+        assert out["real"]["coherent_fraction"] == 1 and out["real"]["persistent_fraction"] == 1
+        assert out["real"]["mean_speed"] >= 0.5 and set(out["meets"]) == {"coherent", "speed", "sprites"}
     if script == "cag_quality.py":  # same noise for every arm; rendered clips keep their sprites on all 13 frames
         assert sorted(out["arms"]) == ["cag_renormalised_best_1", "plain"] and out["real"]["sprite_persistence"]["mean"] == 13
         assert out["best_block"] == 7  # Correspondence Analysis's pick for the trained tiny DiT

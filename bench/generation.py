@@ -1,0 +1,109 @@
+"""Does the tiny DiT generate the motion it was trained on? Motion metrics of clips it samples from noise against
+training-style clips of the same renderer settings, measured without our DiT.
+
+    python bench/generation.py --seed S --clips N [--device cpu|cuda] [--steps 20] [--shift X] [--picture P]
+
+N clips of 256x256x13 are sampled from seed S's noise (Zero Conditioning, euler, `--steps` steps, cfg 1, the stock
+KSampler; `--shift` sets the flow sampler's shift as ModelSamplingSD3 does, else the model's own) with the tiny DiT
+and VAE of assets/tiny_wan/ (or `--unet`/`--vae`), and N clips are rendered by ditcorr/synthetic.py ("fast" motion,
+seeds drawn from S as bench/quality.py draws them: never a training clip). Per clip (bench/cag_quality.py's metrics:
+OpenCV's DIS flow and the sprite finder of devkit/sprites.py): the background pan (the flow's per-axis median per
+frame pair), whether it moves (mean pan >= 0.5 px/frame) and moves coherently (also every frame pair's pan within
+0.75 px of the clip's mean), the longest run of frames one outlined sprite is found again in, and the warp error.
+
+Prints one JSON line: `generated` and `real`, each with moving_fraction, coherent_fraction, mean_speed (px/frame,
+the mean over clips of each clip's mean pan), sprite_persistence (mean frames), persistent_fraction (clips whose
+sprites persist >= 10 of 13 frames), warp_error; and `meets`, the tiny-model acceptance: coherent_fraction >= 0.75,
+generated mean_speed >= half the real one, persistent_fraction >= 0.75.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+
+from difftrack_devkit import bench
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
+
+SIZE, FRAMES = 256, 13
+PERSISTENT_FRAMES = 10  # of 13: a sprite found again in this many frames in a row persists
+
+
+def motion_summary(per_clip: list[dict[str, float]]) -> dict[str, float]:
+    """The fractions and means over clips of bench/cag_quality.clip_metrics' per-clip metrics."""
+    mean = lambda values: round(statistics.fmean(values), 4)  # noqa: E731
+    return {"moving_fraction": mean([m["pan_speed"] >= 0.5 for m in per_clip]),
+            "coherent_fraction": mean([m["pan_coherent"] for m in per_clip]),
+            "mean_speed": mean([m["pan_speed"] for m in per_clip]),
+            "sprite_persistence": mean([m["sprite_persistence"] for m in per_clip]),
+            "persistent_fraction": mean([m["sprite_persistence"] >= PERSISTENT_FRAMES for m in per_clip]),
+            "warp_error": mean([m["warp_error"] for m in per_clip])}
+
+
+def acceptance(generated: dict[str, float], real: dict[str, float]) -> dict[str, bool]:
+    """The tiny-model acceptance on motion_summary's of generated and real clips."""
+    return {"coherent": generated["coherent_fraction"] >= 0.75,
+            "speed": generated["mean_speed"] >= 0.5 * real["mean_speed"],
+            "sprites": generated["persistent_fraction"] >= 0.75}
+
+
+def sampling_model(model, shift: float | None):
+    """The model with its flow sampler's shift set (ModelSamplingSD3's patch), or as loaded when shift is None."""
+    if shift is None:
+        return model
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    return ModelSamplingSD3().patch(model, shift)[0]
+
+
+def main() -> None:
+    parser = bench.parser(__doc__)
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--shift", type=float, default=None, help="the flow sampler's shift (default: the model's)")
+    parser.add_argument("--batch", type=int, default=4, help="clips sampled at once")
+    parser.add_argument("--picture", default="", help="also write frames 0, 4, 8, 12 of two generated and two real clips")
+    parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
+    parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
+    args = parser.parse_args()
+    bench.start(args)
+    import comfy.sd
+    import comfy.utils
+
+    from difftrack_bench.cag_quality import clip_metrics, generate
+    from difftrack_devkit.nodes import run_node
+    from difftrack_pack.ditcorr.synthetic import make_clip
+    from difftrack_pack.nodes.cag_nodes import ZeroConditioning
+
+    model = sampling_model(comfy.sd.load_diffusion_model(args.unet), args.shift)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(args.vae))
+    positive = run_node(ZeroConditioning, model=model).args[0]
+    begin = time.perf_counter()
+    generated = []
+    for first in range(0, args.clips, args.batch):  # each batch from its own seed, so N clips are N clips of any batch
+        generated += generate(model, vae, positive, args.seed + first, min(args.batch, args.clips - first), args.steps,
+                              None)[0]
+    sampling_s = time.perf_counter() - begin
+    real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES).frames for index in range(args.clips)]
+    scores = {"generated": motion_summary([clip_metrics(clip) for clip in generated]),
+              "real": motion_summary([clip_metrics(clip) for clip in real])}
+    if args.picture:
+        frames = (0, 4, 8, 12)
+        rows = {f"generated {i + 1}": [generated[i][f] for f in frames] for i in range(min(2, len(generated)))}
+        rows.update({f"real {i + 1}": [real[i][f] for f in frames] for i in range(min(2, len(real)))})
+        bench.image_sheet(rows, [f"frame {f}" for f in frames], args.picture)
+    print(json.dumps({
+        "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,
+        "clips": args.clips, "steps": args.steps, "shift": args.shift, **scores,
+        "meets": acceptance(scores["generated"], scores["real"]),
+        "seconds_per_clip": round(sampling_s / args.clips, 2), "seconds": round(time.perf_counter() - begin, 1),
+    }))
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        main()
