@@ -25,9 +25,9 @@ import time
 import torch
 
 from difftrack_devkit import bench
+from difftrack_bench.cag_quality import FRAMES, SIZE, clip_metrics, generate
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 
-SIZE, FRAMES = 256, 13
 PERSISTENT_FRAMES = 10  # of 13: a sprite found again in this many frames in a row persists
 
 
@@ -73,7 +73,6 @@ def main() -> None:
     import comfy.sd
     import comfy.utils
 
-    from difftrack_bench.cag_quality import clip_metrics, generate
     from difftrack_devkit.nodes import run_node
     from difftrack_pack.ditcorr.synthetic import make_clip
     from difftrack_pack.nodes.cag_nodes import ZeroConditioning

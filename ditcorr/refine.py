@@ -213,7 +213,7 @@ def _refine(copier: FrameCopier, queries: torch.Tensor, query_frames: torch.Tens
             mine, before = chunk - low, neighbour[chunk] - low
             # The chain's first guess: the direct match where trusted, else the previous frame's position moved as
             # the (median-filtered) coarse track moves.
-            guess = torch.where(trusted[mine][..., None], stage[mine], stage[before] + coarse[held][mine] - coarse[held][before])
+            guess = torch.where(trusted[mine][..., None], stage[mine], stage[before] + coarse[chunk] - coarse[neighbour[chunk]])
             chain, chain_trusted = checked_align(pyramid, before, stage[before], pyramid, mine, guess, reach, settings)
             direct_at[chunk], direct_ok[chunk] = direct[mine], trusted[mine]
             chain_step[chunk], chain_ok[chunk] = chain - stage[before], chain_trusted
@@ -315,12 +315,11 @@ def through_time(direct: torch.Tensor, direct_ok: torch.Tensor, step: torch.Tens
     run_start = torch.where(breaks, index, 0).cummax(dim=0).values
     starts = torch.where(breaks, index, length)
     # The next run's first frame after each frame, less one.
-    run_end = torch.cat([starts[1:], starts[:1].clamp(min=length)]).flip(0).cummin(dim=0).values.flip(0) - 1
+    run_end = torch.cat([starts[1:], torch.full_like(starts[:1], length)]).flip(0).cummin(dim=0).values.flip(0) - 1
     travelled = torch.cumsum(torch.where(breaks[..., None], 0.0, step), dim=0)
     moved = travelled - gather(travelled, run_start)  # from the run's first frame
-    base = segment_median(direct - moved, direct_ok, run_start, run_end)
+    base, votes = segment_median(direct - moved, direct_ok, run_start, run_end)
     base = torch.where((run_start == 0)[..., None], direct[:1], base)  # the query frame's run starts at the query
-    votes = _segment_count(direct_ok, run_start, run_end)
     chained = base + moved
     trusted = ((votes > 0) | (run_start == 0)) & ((chained - coarse).norm(dim=-1) <= coarse_reach)
     trusted[0] = True
@@ -348,20 +347,22 @@ def _segment_count(valid: torch.Tensor, start: torch.Tensor, end: torch.Tensor) 
     return counted.gather(0, end + 1) - counted.gather(0, start)
 
 
-def segment_median(values: torch.Tensor, valid: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+def segment_median(values: torch.Tensor, valid: torch.Tensor, start: torch.Tensor,
+                   end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per coordinate, the median of values [L, N, C] over the valid [L, N] frames of each frame's segment (frames
     start .. end, [L, N] inclusive indices along dim 0, segments contiguous and in order); the mean of the two
-    middle values for an even count. Where a segment has no valid frame the result is meaningless (check the count).
-    One sort of the whole tensor: each frame's key is its segment, then its value, invalid frames last."""
-    span = values.abs().amax().item() * 2 + 1 if values.numel() else 1.0
-    keyed = torch.where(valid[..., None], values.double(), span) + start[..., None].double() * (4 * span)
-    ordered = keyed.sort(dim=0).values - start[..., None].double() * (4 * span)
+    middle values for an even count. Returns (median [L, N, C], count [L, N] of valid frames in the segment); the
+    median is meaningless where the count is 0. One sort of the whole tensor: each frame's key is its segment,
+    then its value, invalid frames last; the key's scale stays a tensor, so nothing waits for the device."""
+    if values.numel() == 0:
+        return values.clone(), torch.zeros_like(valid, dtype=torch.long)
+    span = values.detach().abs().amax().double() * 2 + 1
+    offset = start[..., None].double() * (4 * span)
+    ordered = (torch.where(valid[..., None], values.double(), span) + offset).sort(dim=0).values - offset
     count = _segment_count(valid, start, end)
-    low = start + ((count - 1).clamp(min=0) // 2)
-    high = start + (count // 2).clamp(min=0)
-    high = torch.where(count > 0, high, low)
+    low, high = start + (count - 1).clamp(min=0) // 2, start + count // 2
     pick = lambda at: ordered.gather(0, at[..., None].expand(-1, -1, values.shape[-1]))  # noqa: E731
-    return ((pick(low) + pick(high)) / 2).to(values.dtype)
+    return ((pick(low) + pick(high)) / 2).to(values.dtype), count
 
 
 def temporal_median(path: torch.Tensor, visible: torch.Tensor, radius: int) -> torch.Tensor:

@@ -168,10 +168,11 @@ def test_segment_median_equals_a_loop_over_segments():
     start = torch.where(breaks, index, 0).cummax(dim=0).values
     end = torch.stack([torch.tensor([max(u for u in range(length) if start[u, n] == start[t, n]) for n in range(count)])
                        for t in range(length)])
-    median = segment_median(values, valid, start, end)
+    median, count_valid = segment_median(values, valid, start, end)
     for n in range(count):
         for t in range(length):
             kept = sorted(values[u, n, 0].item() for u in range(start[t, n], end[t, n] + 1) if valid[u, n])
+            assert count_valid[t, n] == len(kept)
             if kept:
                 middle = (kept[(len(kept) - 1) // 2] + kept[len(kept) // 2]) / 2
                 assert median[t, n, 0].item() == pytest.approx(middle, abs=1e-4)
