@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 
 import torch
 
@@ -74,11 +73,7 @@ def main() -> None:
             device_window=DeviceWindow(args.device), frames=frames)
         track()  # warm-up
         if args.profile:
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as profile:
-                run.timed(track)
-            print(f"--- tracking, {storage} storage ---", profile.key_averages().table(
-                sort_by="cuda_time_total" if run.cuda else "cpu_time_total", row_limit=25), sep="\n", file=sys.stderr)
+            run.profile(track, f"tracking, {storage} storage")
         forward_times, track_times, dit_times = [], [], []
         for _ in range(args.repeats):
             seconds, features = run.timed(extract)

@@ -176,6 +176,10 @@ def speed(args) -> dict:
 
     features = extract()
     to_pixels(propagate(features))  # warm-up
+    if args.profile:
+        labels = propagate(features)
+        run.profile(lambda: propagate(features), "token labels")
+        run.profile(lambda: to_pixels(labels), "pixel masks")
     forward_times, propagate_times, pixel_times = [], [], []
     for _ in range(args.repeats):
         seconds, features = run.timed(extract)
@@ -213,6 +217,7 @@ def main() -> None:
     parser.add_argument("--picture", default="", help="also draw the first clip's masks as a PNG here")
     parser.add_argument("--speed", action="store_true", help="time propagation against extraction (random weights)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="--speed: also print where propagation spends its time (stderr)")
     args = parser.parse_args()
     if args.speed:
         args.frames = args.frames or 81

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -56,6 +57,15 @@ class RandomModelRun:
         result = run()
         self.sync()
         return time.perf_counter() - begin, result
+
+    def profile(self, run: Callable[[], object], title: str, rows: int = 25) -> None:
+        """Run `run` once under torch's profiler and print its busiest operations to stderr, under `title`."""
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if self.cuda else [])
+        with torch.profiler.profile(activities=activities) as profile:
+            self.timed(run)
+        for key in (["cuda_time_total"] if self.cuda else []) + ["self_cpu_time_total"]:  # what the device, the host does
+            table = profile.key_averages().table(sort_by=key, row_limit=rows)
+            print(f"--- {title}, by {key} ---", table, sep="\n", file=sys.stderr)
 
 
 def random_model_run(args: argparse.Namespace, sizes: dict) -> RandomModelRun:

@@ -9,11 +9,14 @@ Target rows are computed in batches, so no full attention map is ever held.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+
+from .streaming import FrameCopier
 
 
 MAX_OBJECTS = 32  # objects propagated at once: each is a label channel of every token
@@ -25,7 +28,8 @@ class PropagationSettings:
     context: int = 3  # predicted frames before the target in its context, besides the annotated frame
     radius: int | None = 6  # window half-width in tokens around the target's own position; None = the whole frame
     top_k: int = 16  # context tokens each target keeps (0 = all)
-    row_batch: int = 512  # target tokens per computation
+    tile: int = 8  # targets are computed in square tiles of this side (tokens), each reading one window around it
+    row_batch: int = 2048  # target tokens per computation (whole tiles)
     fit_steps: int = 30  # Adam steps fitting the head weights on the annotated frame (0 = the heads' mean)
     fit_rate: float = 0.1  # their learning rate (on the weights' logits)
 
@@ -60,15 +64,105 @@ def renormalised(weights: torch.Tensor) -> torch.Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
-def affinities(q_target: torch.Tensor, k_context: torch.Tensor, head_weights: torch.Tensor, temperature: float,
-               allowed: torch.Tensor | None, top_k: int) -> torch.Tensor:
-    """Affinity of target tokens to context tokens (shapes as head_softmax; head_weights: [H] summing to 1).
-    Returns [R, C * M]: the heads' softmaxes summed with the head weights, the top_k kept per row and renormalised."""
-    combined = torch.einsum("h,hrn->rn", head_weights.float(), head_softmax(q_target, k_context, temperature, allowed))
-    if 0 < top_k < combined.shape[1]:
-        kept, index = combined.topk(top_k, dim=1)
-        combined = torch.zeros_like(combined).scatter_(1, index, kept)
-    return renormalised(combined)
+@dataclass(frozen=True)
+class TileLayout:
+    """Targets in square tiles, each reading the context window around it: the windows of a tile's targets all lie
+    in one region of side tile + 2·radius (or the frame's, where that is smaller), so a tile's logits are one small
+    matrix product instead of a whole frame's, masked. Padding beyond the frame: targets there are dropped,
+    context cells there masked.
+
+    targets: [n, T] token index of each tile's targets, -1 padding; region: [n, R] token index of each tile's region
+    cells, -1 outside the frame; allowed: [n, T, R] the target's window holds the cell (every target, padding
+    included, holds at least one); slots: [h·w] where each token sits among the n·T targets."""
+
+    targets: torch.Tensor
+    region: torch.Tensor
+    allowed: torch.Tensor
+    slots: torch.Tensor
+
+    @classmethod
+    def of(cls, height: int, width: int, radius: int | None, tile: int, row_batch: int, device) -> "TileLayout":
+        """Tiles of side `tile` with their regions; when radius is None (no window), bands of whole rows of about
+        row_batch targets, each with the whole frame as its region."""
+        reach = max(height, width) if radius is None else radius
+        tile_h, tile_w = (max(1, min(height, row_batch // width)), width) if radius is None else (tile, tile)
+
+        def axis(size: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """[tiles, side] target positions and [tiles, cells] region positions along one axis."""
+            starts = torch.arange(0, size, side, device=device)[:, None]
+            if side + 2 * reach >= size:  # the window spans the axis: the region is all of it
+                return starts + torch.arange(side, device=device), torch.arange(size, device=device).expand(len(starts), -1)
+            return starts + torch.arange(side, device=device), starts - reach + torch.arange(side + 2 * reach, device=device)
+
+        def grid(ys: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """Token index [tiles, cells] of every tile's cells (tiles row-major), -1 outside the frame; and each
+            cell's y and x."""
+            y, x = ys[:, None, :, None].expand(-1, len(xs), -1, xs.shape[1]), xs[None, :, None, :].expand(len(ys), -1, ys.shape[1], -1)
+            y, x = y.flatten(2).flatten(0, 1), x.flatten(2).flatten(0, 1)
+            return torch.where((y >= 0) & (y < height) & (x >= 0) & (x < width), y * width + x, -1), y, x
+
+        (target_y, region_y), (target_x, region_x) = axis(height, tile_h), axis(width, tile_w)
+        targets, ty, tx = grid(target_y, target_x)
+        region, ry, rx = grid(region_y, region_x)
+        allowed = (((ry[:, None, :] - ty[:, :, None]).abs() <= reach) & ((rx[:, None, :] - tx[:, :, None]).abs() <= reach)
+                   & (region >= 0)[:, None, :])
+        # a padding target may see only padding: let it see the frame, so its softmax stays finite (it is dropped)
+        allowed |= (targets < 0)[:, :, None] & (region >= 0)[:, None, :]
+        slots = torch.empty(height * width, dtype=torch.long, device=device)
+        real = targets.flatten() >= 0
+        slots[targets.flatten()[real]] = torch.arange(targets.numel(), device=device)[real]
+        return cls(targets, region, allowed, slots)
+
+    def keys(self, k: torch.Tensor) -> torch.Tensor:
+        """One frame's keys [H, h·w, d] at every tile's region cells: [H, n, R, d] (cells outside the frame read
+        token 0; they are masked)."""
+        return k[:, self.region.clamp(min=0)]
+
+
+def logits_of(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q·kᵀ in float32: q [B, T, d], k [B, N, d] -> [B, T, N]. Half-precision features on the GPU go through the
+    tensor cores with a float32 result; the products of two half-precision numbers are exact in float32, so this is
+    the float32 product up to the order of the sums."""
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype:
+        return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
+    return torch.bmm(q.float(), k.float().transpose(1, 2))
+
+
+def affinities(q_target: torch.Tensor, k_regions: torch.Tensor, head_weights: torch.Tensor, temperature: float,
+               layout: TileLayout, top_k: int, row_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse affinity of one target frame's tokens to its context's: per head the softmax of q·k/temperature over
+    every context token in the target's window (in all context frames together), the heads summed with
+    head_weights, the top_k kept and renormalised.
+
+    q_target: [H, M, d] (M = h·w tokens); k_regions: [H, n, C, R, d] the C context frames' keys at the region cells
+    of each of the layout's n tiles (TileLayout.keys); head_weights: [H] summing to 1; whole tiles of about
+    row_batch targets are computed at once. Returns (index [M, K] into the C·M context tokens, frame-major; weight
+    [M, K] summing to 1 per row), K = top_k, or every cell of a region in every context frame when top_k is 0 or
+    more (zero weights pad a row whose window is smaller).
+    """
+    heads, tokens, dim = q_target.shape
+    contexts = k_regions.shape[2]
+    tiles, per_tile = layout.targets.shape
+    cells = layout.region.shape[1]
+    kept = contexts * cells if top_k <= 0 else min(top_k, contexts * cells)
+    frames = torch.arange(contexts, device=q_target.device)
+    index = torch.empty(tiles, per_tile, kept, dtype=torch.long, device=q_target.device)
+    weight = torch.empty(tiles, per_tile, kept, device=q_target.device)
+    batch = max(1, row_batch // per_tile)
+    for start in range(0, tiles, batch):
+        group = slice(start, min(tiles, start + batch))
+        targets, region, allowed = layout.targets[group].clamp(min=0), layout.region[group].clamp(min=0), layout.allowed[group]
+        q = q_target[:, targets]  # [H, G, T, d]
+        k = k_regions[:, group].flatten(2, 3)  # [H, G, C·R, d]
+        logits = logits_of(q.flatten(0, 1), k.flatten(0, 1)).unflatten(0, (heads, -1)) / temperature
+        logits = logits.masked_fill(~allowed[:, :, None, :].expand(-1, -1, contexts, -1).flatten(2), -math.inf)
+        per_head = torch.softmax(logits, dim=-1)  # [H, G, T, C·R]
+        combined = torch.einsum("h,hgtn->gtn", head_weights.float(), per_head)
+        values, picked = combined.topk(kept, dim=-1)  # picked indexes (context frame, region cell)
+        source = (frames[None, :, None] * tokens + region[:, None, :]).flatten(1)  # [G, C·R] context token
+        index[group] = source.gather(1, picked.flatten(1)).reshape(picked.shape)
+        weight[group] = renormalised(values)
+    return index.flatten(0, 1)[layout.slots], weight.flatten(0, 1)[layout.slots]
 
 
 def context_of(target: int, context: int) -> list[int]:
@@ -97,20 +191,19 @@ def propagate_in_order(q: torch.Tensor, k: torch.Tensor, order: list[int], label
     tokens = height * width
     temperature = settings.temperature or math.sqrt(dim)
     weights = (head_weights if head_weights is not None else torch.full((heads,), 1.0 / heads)).to(q.device)
-    allowed = _window(height, width, settings.radius, q.device)
+    layout = TileLayout.of(height, width, settings.radius, settings.tile, settings.row_batch, q.device)
     q_flat, k_flat = q.reshape(heads, -1, tokens, dim), k.reshape(heads, -1, tokens, dim)
+    regions: dict[int, torch.Tensor] = {}
     for target in range(1, len(order)):
         if order[target] in labels:
             continue
         context = [order[i] for i in context_of(target, settings.context)]
-        keys = k_flat[:, context]  # [H, C, M, d]
         context_labels = torch.cat([labels[f].reshape(-1, tokens).to(q.device, torch.float32) for f in context], dim=1)
-        predicted = torch.empty(reference.shape[0], tokens, device=q.device)
-        for start in range(0, tokens, settings.row_batch):
-            rows = slice(start, min(tokens, start + settings.row_batch))
-            affinity = affinities(q_flat[:, order[target], rows], keys, weights, temperature,
-                                  None if allowed is None else allowed[rows], settings.top_k)
-            predicted[:, rows] = context_labels @ affinity.T
+        # each frame's keys are laid out by tile region once, for all the targets it is context to
+        regions = {f: regions[f] if f in regions else layout.keys(k_flat[:, f]) for f in context}
+        index, weight = affinities(q_flat[:, order[target]], torch.stack([regions[f] for f in context], dim=2),
+                                   weights, temperature, layout, settings.top_k, settings.row_batch)
+        predicted = (context_labels[:, index] * weight).sum(dim=-1)  # [L, M]
         labels[order[target]] = predicted.reshape(-1, height, width)
         on_frame()
 
@@ -267,19 +360,30 @@ def propagate_video(forwards: Iterable[tuple[tuple[float, ...], torch.Tensor, to
     return labels, weights
 
 
+PIXEL_BATCH_LABELS = 48  # frames x label channels upsampled at once (about 10 MB each at 480x832)
+
+
 def label_maps(labels: dict[float, torch.Tensor], frames: torch.Tensor, annotated_frame: int,
                annotated: torch.Tensor, on_frame: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Per-pixel labels [T, H, W] (long: 0 the background, i object i) of every source frame from token-frame soft
-    labels (propagate_video), upsampled edge-aware with each frame as guidance (labels_to_pixels) one frame at a
-    time; the annotated frame keeps the label image `annotated` [H, W] it was given."""
+    labels (propagate_video), upsampled edge-aware with each frame as guidance (labels_to_pixels), a few frames at
+    a time (PIXEL_BATCH_LABELS); the annotated frame keeps the label image `annotated` [H, W] it was given."""
+    device = next(iter(labels.values())).device
+    channels = next(iter(labels.values())).shape[0]
+    batch = max(1, PIXEL_BATCH_LABELS // channels)
+    spans = [(start, min(frames.shape[0], start + batch)) for start in range(0, frames.shape[0], batch)]
     maps = torch.empty(frames.shape[:3], dtype=torch.long)
-    for t in range(frames.shape[0]):
-        if t == annotated_frame:
-            maps[t] = annotated.cpu()
-        else:
-            frame = frames[t:t + 1].to(next(iter(labels.values())).device)
-            maps[t] = labels_to_pixels(labels_at(labels, t)[None], frame)[0].argmax(dim=0).cpu()
-        on_frame()
+    with FrameCopier(frames, device) as copier:
+        for number, (low, high) in enumerate(spans):
+            if number + 1 < len(spans):
+                copier.prefetch(*spans[number + 1])  # the next frames copy while these are filtered
+            soft = torch.stack([labels_at(labels, t) for t in range(low, high)])
+            pixels = labels_to_pixels(soft, copier.take(low, high)).argmax(dim=1)
+            maps[low:high] = pixels.to(torch.uint8).cpu()  # MAX_OBJECTS + 1 labels fit a byte: 1/8 the copy
+            if low <= annotated_frame < high:
+                maps[annotated_frame] = annotated.cpu()
+            for _ in range(low, high):
+                on_frame()
     return maps
 
 
@@ -296,9 +400,11 @@ def labels_to_pixels(labels: torch.Tensor, frames: torch.Tensor, radius: int | N
     except ImportError as error:  # ComfyUI lists kornia among its requirements; a trimmed install may lack it
         raise ImportError("Edge-aware mask upsampling needs kornia (in ComfyUI's requirements.txt): "
                           "pip install kornia.") from error
+    # kornia >= 0.9 can take the box sums as two 1-D passes: the same filter, several times fewer operations
+    separable = {"separable": True} if "separable" in inspect.signature(guided_blur).parameters else {}
     height, width = frames.shape[1:3]
     radius = radius if radius is not None else max(1, round(height / labels.shape[-2]))
     up = torch.nn.functional.interpolate(labels.float(), size=(height, width), mode="bilinear", align_corners=False)
     guidance = frames.permute(0, 3, 1, 2).float().to(up.device)
-    smoothed = guided_blur(guidance, up, 2 * radius + 1, eps, subsample=max(1, radius // 8)).clamp(min=0)
+    smoothed = guided_blur(guidance, up, 2 * radius + 1, eps, subsample=max(1, radius // 8), **separable).clamp(min=0)
     return smoothed / smoothed.sum(dim=1, keepdim=True).clamp(min=1e-12)

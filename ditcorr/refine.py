@@ -18,11 +18,12 @@ the combination through time is vectorised: no loop over frames or points.
 from __future__ import annotations
 
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .streaming import FrameCopier
 
 
 @dataclass
@@ -235,57 +236,6 @@ def frame_spans(count: int, points: int, settings: PixelSettings) -> list[tuple[
     span = max(1, min(settings.frames_per_chunk, settings.element_budget // (points * (2 * settings.radius + 3) ** 2)))
     return [((first, min(count, first + span)), (max(0, first - 1), min(count, first + span + 1)))
             for first in range(0, count, span)]
-
-
-class FrameCopier:
-    """Slices of the video on the compute device, copied ahead of use.
-
-    On CUDA, from frames elsewhere, a prefetched slice is copied by a worker thread on a side stream: a copy from
-    pageable memory holds the thread that issues it and, on the compute stream, would first wait for every kernel
-    queued there; this way it overlaps them (the DiT read-out, the chunk before) and the caller's thread goes on.
-    """
-
-    def __init__(self, frames: torch.Tensor, device: torch.device):
-        self.frames, self.device = frames, torch.device(device)
-        copies = self.device.type == "cuda" and frames.device != self.device
-        self.stream = torch.cuda.Stream(self.device) if copies else None
-        self.pool = ThreadPoolExecutor(max_workers=1) if copies else None
-        self.pending: dict[tuple[int, int], Future] = {}
-
-    def _copy(self, low: int, high: int) -> tuple[torch.Tensor, torch.cuda.Event]:
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            moved = self.frames[low:high].to(self.device, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record(self.stream)
-        return moved, ready
-
-    def prefetch(self, low: int, high: int) -> None:
-        """Start copying frames[low:high] (a no-op off CUDA, or when it is on its way)."""
-        if self.pool is not None and (low, high) not in self.pending:
-            self.pending[(low, high)] = self.pool.submit(self._copy, low, high)
-
-    def take(self, low: int, high: int) -> torch.Tensor:
-        """frames[low:high] on the device, ready for the current stream."""
-        if self.pool is None:
-            return self.frames[low:high].to(self.device)
-        self.prefetch(low, high)
-        moved, ready = self.pending.pop((low, high)).result()
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(ready)
-        moved.record_stream(current)  # allocated on the side stream, used (and freed) on this one
-        return moved
-
-    def close(self) -> None:
-        """Wait for copies under way and drop what was never taken (safe to call more than once)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
-            self.pending.clear()
-
-    def __enter__(self) -> FrameCopier:
-        return self
-
-    def __exit__(self, *exception) -> None:
-        self.close()
 
 
 def through_time(direct: torch.Tensor, direct_ok: torch.Tensor, step: torch.Tensor, step_ok: torch.Tensor,

@@ -9,11 +9,13 @@ memory is bounded by the window, not by the video's length. On CUDA, copies
 from pinned memory run on a side stream and overlap the computation; a dropped
 chunk's memory is only free once the kernels queued on it have run, so the
 host waits for those of the oldest dropped chunk before it lets more than
-`capacity` dropped chunks pile up behind the queue.
+`capacity` dropped chunks pile up behind the queue. A `FrameCopier` does the
+same for slices of the video's frames, which an IMAGE holds in CPU memory.
 """
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -88,3 +90,54 @@ class DeviceWindow:
     def clear(self) -> None:
         self._resident.clear()
         self._dropped.clear()
+
+
+class FrameCopier:
+    """Slices of the video on the compute device, copied ahead of use.
+
+    On CUDA, from frames elsewhere, a prefetched slice is copied by a worker thread on a side stream: a copy from
+    pageable memory holds the thread that issues it and, on the compute stream, would first wait for every kernel
+    queued there; this way it overlaps them (the DiT read-out, the chunk before) and the caller's thread goes on.
+    """
+
+    def __init__(self, frames: torch.Tensor, device: torch.device):
+        self.frames, self.device = frames, torch.device(device)
+        copies = self.device.type == "cuda" and frames.device != self.device
+        self.stream = torch.cuda.Stream(self.device) if copies else None
+        self.pool = ThreadPoolExecutor(max_workers=1) if copies else None
+        self.pending: dict[tuple[int, int], Future] = {}
+
+    def _copy(self, low: int, high: int) -> tuple[torch.Tensor, torch.cuda.Event]:
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            moved = self.frames[low:high].to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return moved, ready
+
+    def prefetch(self, low: int, high: int) -> None:
+        """Start copying frames[low:high] (a no-op off CUDA, or when it is on its way)."""
+        if self.pool is not None and (low, high) not in self.pending:
+            self.pending[(low, high)] = self.pool.submit(self._copy, low, high)
+
+    def take(self, low: int, high: int) -> torch.Tensor:
+        """frames[low:high] on the device, ready for the current stream."""
+        if self.pool is None:
+            return self.frames[low:high].to(self.device)
+        self.prefetch(low, high)
+        moved, ready = self.pending.pop((low, high)).result()
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(ready)
+        moved.record_stream(current)  # allocated on the side stream, used (and freed) on this one
+        return moved
+
+    def close(self) -> None:
+        """Wait for copies under way and drop what was never taken (safe to call more than once)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pending.clear()
+
+    def __enter__(self) -> FrameCopier:
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()

@@ -37,16 +37,23 @@ def brute_force(q, k, first, settings, head_weights):
     return torch.stack(labels).reshape(frames, -1, height, width)
 
 
-@pytest.mark.parametrize("radius, top_k, context", [(1, 4, 1), (2, 0, 2), (None, 6, 3)])
-def test_propagation_equals_the_brute_force_protocol(radius, top_k, context):
+@pytest.mark.parametrize("grid, radius, top_k, context, tile, row_batch", [
+    ((4, 4), 1, 4, 1, 8, 5),  # one tile, larger than the frame
+    ((4, 4), 2, 0, 2, 8, 5),  # every window token kept
+    ((4, 4), None, 6, 3, 8, 5),  # no window: bands of one row
+    ((7, 9), 1, 5, 2, 3, 9),  # tiles padded past both edges, one per computation
+    ((7, 9), 2, 0, 3, 4, 64),  # several tiles per computation, windows cut by the edges
+    ((7, 9), 0, 3, 1, 2, 4),  # a window of one token: only the same position in each context frame
+])
+def test_propagation_equals_the_brute_force_protocol(grid, radius, top_k, context, tile, row_batch):
     generator = torch.Generator().manual_seed(0)
-    q, k = torch.randn(2, 2, 5, 4, 4, 8, generator=generator).unbind(0)
-    first = torch.softmax(torch.randn(3, 4, 4, generator=generator) * 3, dim=0)
-    settings = PropagationSettings(radius=radius, top_k=top_k, context=context, row_batch=5)
+    q, k = torch.randn(2, 2, 5, *grid, 8, generator=generator).unbind(0)
+    first = torch.softmax(torch.randn(3, *grid, generator=generator) * 3, dim=0)
+    settings = PropagationSettings(radius=radius, top_k=top_k, context=context, tile=tile, row_batch=row_batch)
     head_weights = torch.tensor([0.7, 0.3])
     got = propagate_labels(q, k, first, settings, head_weights)
     torch.testing.assert_close(got.double(), brute_force(q, k, first, settings, head_weights), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got.sum(dim=1), torch.ones(5, 4, 4), rtol=0, atol=1e-5)  # still a distribution
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(5, *grid), rtol=0, atol=1e-5)  # still a distribution
 
 
 def test_oracle_masks_follow_their_objects():
@@ -116,7 +123,7 @@ def test_overlapping_windows_propagate_as_one_forward_does(annotated, frames_per
     generator = torch.Generator().manual_seed(1)
     q, k = torch.randn(2, 2, 12, 4, 5, 8, generator=generator).unbind(0)
     first = torch.softmax(torch.randn(3, 4, 5, generator=generator) * 3, dim=0)
-    settings = PropagationSettings(radius=2, top_k=6, context=2, row_batch=7)
+    settings = PropagationSettings(radius=2, top_k=6, context=2, tile=3, row_batch=7)
     labels = {float(annotated): first}
     for frames, chunk_q, chunk_k in chunked(q, k, plan_windows(12, frames_per_chunk, annotated, overlap=2)):
         propagate_chunk(frames, chunk_q, chunk_k, float(annotated), labels, settings)
@@ -180,3 +187,23 @@ def test_labels_between_token_frames_are_linear_in_time():
     labels = {0.0: torch.zeros(2, 1, 1), 2.5: torch.ones(2, 1, 1)}
     assert labels_at(labels, 0).sum() == 0 and labels_at(labels, 5).sum() == 2  # ends: the nearest
     torch.testing.assert_close(labels_at(labels, 1), torch.full((2, 1, 1), 0.4))
+
+
+def test_label_maps_in_batches_equal_one_frame_at_a_time(monkeypatch):
+    """Pixel maps computed a few frames at a time (batches that do not divide the video) equal the frame-by-frame
+    protocol: each source frame's labels interpolated in time, upsampled with that frame alone as guidance, argmax;
+    the annotated frame its given label image."""
+    from difftrack_pack.ditcorr import propagate
+    from difftrack_pack.ditcorr.propagate import label_maps, labels_at, labels_to_pixels
+
+    generator = torch.Generator().manual_seed(3)
+    frames = torch.rand(7, 32, 40, 3, generator=generator)
+    labels = {p: torch.softmax(torch.randn(3, 4, 5, generator=generator) * 3, dim=0) for p in (0.0, 2.5, 4.0, 6.0)}
+    annotated = torch.randint(0, 3, (32, 40), generator=generator)
+    monkeypatch.setattr(propagate, "PIXEL_BATCH_LABELS", 9)  # 3 frames of 3 channels per batch
+    seen = []
+    got = label_maps(labels, frames, 2, annotated, lambda: seen.append(1))
+    expected = torch.stack([annotated if t == 2 else labels_to_pixels(labels_at(labels, t)[None], frames[t:t + 1])[0].argmax(0)
+                            for t in range(7)])
+    assert got.dtype == torch.long and len(seen) == 7
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
