@@ -1,8 +1,9 @@
 """Motion transfer on the tiny models: generations guided by a synthetic reference's motion flow against the same
-noise unguided, scored against the reference without our DiT.
+noise unguided, scored against the reference without our DiT; and its cost on the GPU.
 
     python bench/motion_transfer.py --seed S --clips N [--device cpu|cuda] [--steps 20] [--iterations 5]
                                     [--guided 0.2] [--rate 0.002,0.001] [--blocks 7]
+    python bench/motion_transfer.py --cost --size tiny|1.3b [--steps 50] [--frame-windows 0,2] [--device cuda]
 
 Per clip: the reference is a rendered synthetic clip (256x256x13, seeded from S, "fast" motion: a panning
 background and moving sprites); Motion Flow from Video reads it per frame (the tiny VAE's layout) at the chosen
@@ -13,6 +14,14 @@ background pan (the flow's per-axis median, averaged over the clip) points withi
 Prints one JSON line: mf_guided, mf_unguided, pan_match_guided, pan_match_unguided (fractions of clips),
 amf_loss_before / amf_loss_after (the flow loss at the first and last iteration of each guided step, averaged),
 seconds_guided, seconds_unguided (per clip), and the settings.
+
+Cost (--cost): a random-weight Wan 2.1 at 480x832 and 81 frames (1.3b: 21 latent frames; tiny: 64x64, 5) samples
+`--steps` steps of euler with CFG (cfg 5, cond and uncond batched), plainly and with the Motion Transfer Sampler
+(DiTFlow's schedule: the first 20 % of the steps guided, `--iterations` Adam steps each, the middle block), once per
+`--frame-windows` entry (0: every ordered pair of latent frames, as published; N: only pairs at most N latent
+frames apart, FastVMT's local pairs). Prints one JSON line: plain_s, and per window guided_s,
+guided_to_plain_ratio, peak_mem_gib (device memory at its highest during that sampling run, the model's weights
+included) and the pairs guided; plain_peak_mem_gib likewise.
 """
 from __future__ import annotations
 
@@ -27,6 +36,10 @@ from difftrack_devkit import bench
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 
 SIZE, FRAMES, GRID = 256, 13, 16
+COST_SIZES = {
+    "tiny": dict(config="wan", latent=(16, 5, 8, 8), frames=17, dtype=torch.float32),
+    "1.3b": dict(config="wan_1.3b", latent=(16, 21, 60, 104), frames=81, dtype=torch.bfloat16),  # 480x832
+}
 
 
 def flow_tracks(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +59,57 @@ def same_direction(a: torch.Tensor, b: torch.Tensor, degrees: float = 45.0) -> b
     return float(torch.dot(a, b) / (a.norm() * b.norm())) >= math.cos(math.radians(degrees))
 
 
+def cost(args) -> dict:
+    """Guided against plain sampling time and peak memory on a random-weight model (see the docstring)."""
+    run = bench.random_model_run(args, COST_SIZES)
+    import comfy.samplers
+
+    from difftrack_pack.nodes.motion_transfer import TransferSettings, motion_flow, transfer_sampler
+
+    size, model, generator = run.size, run.model, run.generator
+    positive = run.conditioning
+    negative = [[torch.randn(positive[0][0].shape, generator=generator), positive[0][1]]]
+    channels, latent_frames, height, width = size["latent"]
+    reference = torch.randn(1, *size["latent"], generator=generator)
+    positions = tuple(float(min(size["frames"] - 1, 4 * t)) for t in range(latent_frames))  # Wan's 4x in time
+    frame_size = (8 * height, 8 * width)
+    noise = torch.randn(1, *size["latent"], generator=generator)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", args.steps)
+    settings = TransferSettings(iterations=args.iterations)
+
+    def sample(sampler, steps=None):
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(5.0)
+        chosen = sigmas if steps is None else sigmas[-steps - 1:]
+        return guider.sample(noise, torch.zeros_like(noise), sampler, chosen, seed=0, disable_pbar=True)
+
+    def measured(sampler) -> tuple[float, float | None]:
+        if run.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        seconds, _ = run.timed(lambda: sample(sampler))
+        return seconds, round(torch.cuda.max_memory_allocated() / 2**30, 3) if run.cuda else None
+
+    plain = comfy.samplers.sampler_object("euler")
+    sample(plain, steps=2)  # warm-up: kernels, the model on the device
+    plain_s, plain_peak = measured(plain)
+    windows = {}
+    for window in (int(w) for w in args.frame_windows.split(",")):
+        flow = motion_flow(model, reference, positions, frame_size, size["frames"], None, [run.middle_block],
+                           2.0, 0.0, 0, window)
+        guided = transfer_sampler("euler", flow, settings)
+        sample(transfer_sampler("euler", flow, TransferSettings(guided_share=1.0, iterations=1)), steps=1)  # warm-up
+        guided_s, guided_peak = measured(guided)
+        windows[str(window)] = {"guided_s": round(guided_s, 3), "guided_to_plain_ratio": round(guided_s / plain_s, 4),
+                                "peak_mem_gib": guided_peak, "pairs": len(flow.pairs)}
+    return {"model": f"wan2.1-{args.size}", "device": run.device_name, "latent": list(size["latent"]),
+            "steps": args.steps, "guided_steps": settings.guided_steps(args.steps), "iterations": args.iterations,
+            "block": run.middle_block, "plain_s": round(plain_s, 3), "plain_peak_mem_gib": plain_peak,
+            "by_frame_window": windows}
+
+
 def main() -> None:
-    parser = bench.parser(__doc__)
+    parser = bench.parser(__doc__, COST_SIZES)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
@@ -55,7 +117,12 @@ def main() -> None:
     parser.add_argument("--guided", type=float, default=0.2)
     parser.add_argument("--rate", default="0.002,0.001", help="learning rate on the first and last guided step")
     parser.add_argument("--blocks", default="7", help="guidance blocks (the tiny DiT's matching block is 7)")
+    parser.add_argument("--cost", action="store_true", help="time guided against plain sampling (random weights)")
+    parser.add_argument("--frame-windows", default="0", help="--cost: frame windows of the guided pairs (0 = all)")
     args = parser.parse_args()
+    if args.cost:
+        print(json.dumps(cost(args)))
+        return
     bench.start(args)
     import comfy.samplers
     import comfy.sd

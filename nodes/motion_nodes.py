@@ -8,11 +8,11 @@ from comfy_api.latest import io, ui
 
 import comfy.samplers
 
-from ..ditcorr.amf import FlowLoss, MotionFlow, all_pairs, colour_wheel, flow_colours, hard_amf
-from .motion_transfer import TransferSettings, transfer_sampler
+from ..ditcorr.amf import FlowLoss, MotionFlow, colour_wheel, flow_colours
+from .motion_transfer import TransferSettings, motion_flow, transfer_sampler
 from .encoding import ENCODINGS, encode_with_progress
-from .extract import extract_from_latent, progress_step
-from .vocabulary import CATEGORY, blocks_tooltip, capture_request, model_and_adapter, model_blocks
+from .extract import progress_step
+from .vocabulary import CATEGORY, blocks_tooltip, model_blocks
 
 MotionFlowType = io.Custom("MOTION_FLOW")  # difftrack_pack.ditcorr.amf.MotionFlow
 
@@ -79,27 +79,14 @@ class MotionFlowFromVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, images, blocks, temperature, sigma, seed, encoding, frame_window, picture_frame,
                 conditioning=None) -> io.NodeOutput:
-        _, adapter = model_and_adapter(model)
         used = model_blocks(blocks, "read", model)
         latent, positions = encode_with_progress(vae, images, encoding)
         if not 0 <= picture_frame < latent.shape[2]:
             raise ValueError(f"picture_frame {picture_frame} is outside the reference's {latent.shape[2]} latent frames "
                              f"(0..{latent.shape[2] - 1}).")
-        features = extract_from_latent(model, latent, positions, tuple(images.shape[1:3]), images.shape[0],
-                                       conditioning, used, sigma, seed, frames_per_chunk=0,
-                                       request=capture_request("all", 0.0, 1000.0, "cond", "model", "gpu"))
-        pairs = all_pairs(latent.shape[2], frame_window or None)
-        bar = comfy.utils.ProgressBar(len(used))
-        step = progress_step(bar)
-        displacement, confidence = {}, {}
-        for block in used:
-            qk = features.select(block)[0].qk
-            displacement[block], confidence[block] = hard_amf(qk.q, qk.k, temperature, pairs)
-            step()
-        grid = features.token_grid
-        features.release()
-        flow = MotionFlow(displacement, confidence, pairs, grid, latent.shape[2], positions, tuple(images.shape[1:3]),
-                          adapter.name, temperature)
+        step = progress_step(comfy.utils.ProgressBar(len(used)))
+        flow = motion_flow(model, latent, positions, tuple(images.shape[1:3]), images.shape[0], conditioning, used,
+                           temperature, sigma, seed, frame_window, step)
         picture = flow_pictures(flow, images, used[0], picture_frame)
         shown = ui.ImageSaveHelper.save_animated_webp(picture, "difftrack_flow", io.FolderType.temp, cls, fps=4.0,
                                                       lossless=False, quality=85, method=4)

@@ -10,14 +10,39 @@ import torch
 import comfy.model_management
 import comfy.samplers
 
-from ..ditcorr.amf import FlowLoss, MotionFlow, flow_loss, soft_amf
+from ..ditcorr.amf import FlowLoss, MotionFlow, all_pairs, flow_loss, hard_amf, soft_amf
 from .adapters import ADAPTERS, adapter_for
 from .capture import ForwardStopped
 from .differentiable import differentiable_forwards
+from .extract import extract_from_latent
 from .hooks import AttentionHook, SelfAttentionCall
+from .vocabulary import capture_request, model_and_adapter
 
 
 DIFFERENTIABLE_FAMILIES = [adapter.name for adapter in ADAPTERS if adapter.rope_modules]
+
+
+def motion_flow(model, latent: torch.Tensor, positions: tuple[float, ...], frame_size: tuple[int, int],
+                frame_count: int, conditioning: list | None, blocks: list[int], temperature: float, sigma: float,
+                seed: int, frame_window: int = 0, on_block: Callable[[], None] = lambda: None) -> MotionFlow:
+    """A reference's MotionFlow: one forward of its latent [1, C, T, h, w] (source-frame `positions` of the latent
+    frames, `frame_count` frames of `frame_size` pixels) at noise level `sigma` with `conditioning` (None = a zero
+    context), the hard AMF of every ordered pair of latent frames (at most `frame_window` apart; 0 = all) at each
+    of `blocks`; on_block is called after each block's AMF (progress)."""
+    _, adapter = model_and_adapter(model)
+    features = extract_from_latent(model, latent, positions, frame_size, frame_count, conditioning, blocks, sigma,
+                                   seed, frames_per_chunk=0,
+                                   request=capture_request("all", 0.0, 1000.0, "cond", "model", "gpu"))
+    pairs = all_pairs(latent.shape[2], frame_window or None)
+    displacement, confidence = {}, {}
+    for block in blocks:
+        qk = features.select(block)[0].qk
+        displacement[block], confidence[block] = hard_amf(qk.q, qk.k, temperature, pairs)
+        on_block()
+    grid = features.token_grid
+    features.release()
+    return MotionFlow(displacement, confidence, pairs, grid, latent.shape[2], positions, frame_size, adapter.name,
+                      temperature)
 
 
 class FlowProbe(AttentionHook):
