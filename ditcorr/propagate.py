@@ -265,15 +265,20 @@ def fit_head_weights(q: torch.Tensor, k: torch.Tensor, annotated_labels: torch.T
         per_head = head_softmax(q_flat[:, rows], k_flat, temperature, allowed[rows])
         index[rows] = per_head.mean(dim=0).topk(candidates, dim=1).indices
         values[:, rows] = per_head.gather(2, index[rows].expand(heads, -1, -1))
+    target = annotated_labels.reshape(-1, tokens).float().to(q.device)
+    # The prediction under weights w is sum_h w_h·gathered[h] over sum_h w_h·mass[h] (the candidates' labels under
+    # each head, the heads' candidate mass): both read once here, the Adam steps then touch [H, L, M] numbers
+    # only, few enough that the steps run faster in CPU memory than as thousands of tiny GPU kernels.
+    gathered = torch.einsum("hmc,lmc->hlm", values, target[:, index]).cpu()
+    mass, target = values.sum(dim=-1).cpu(), target.cpu()
     with torch.inference_mode(False), torch.enable_grad():  # nodes run under inference mode; only the logits learn
-        values, index = values.clone(), index.clone()
-        target = annotated_labels.reshape(-1, tokens).float().to(q.device).clone()
-        sources = target[:, index]  # [L, M, C]
-        logits = torch.zeros(heads, device=q.device, requires_grad=True)
+        gathered, mass, target = gathered.clone(), mass.clone(), target.clone()
+        logits = torch.zeros(heads, requires_grad=True)
         optimiser = torch.optim.Adam([logits], lr=settings.fit_rate)
         for _ in range(settings.fit_steps):
-            mixed = renormalised(torch.einsum("h,hmc->mc", torch.softmax(logits, dim=0), values))
-            predicted = (sources * mixed[None]).sum(dim=2).clamp(1e-6, 1.0)  # [L, M]
+            weights = torch.softmax(logits, dim=0)
+            predicted = (torch.einsum("h,hlm->lm", weights, gathered)
+                         / (weights @ mass).clamp(min=1e-12)).clamp(1e-6, 1.0)  # [L, M]
             dice = 1 - (2 * (predicted * target).sum(1) + 1) / (predicted.sum(1) + target.sum(1) + 1)
             loss = dice.mean() - (target * predicted.log()).sum(0).mean()
             optimiser.zero_grad()

@@ -170,6 +170,42 @@ def test_fitted_head_weights_prefer_the_head_that_sees_the_content():
     assert iou(weights) > iou(None) + 0.1 and iou(weights) > 0.9
 
 
+def test_fitted_head_weights_equal_the_fit_written_out():
+    """The fit against its plain form on random features: full per-head softmax rows over each token's window less
+    its own neighbourhood, the 4·top_k candidates by the heads' mean, and per Adam step each token's candidate
+    weights mixed by the head weights, renormalised and applied to the candidates' labels."""
+    from difftrack_pack.ditcorr.propagate import fit_head_weights
+
+    generator = torch.Generator().manual_seed(5)
+    heads, height, width, dim = 3, 6, 7, 8
+    q, k = torch.randn(2, heads, height, width, dim, generator=generator).unbind(0)
+    labels = torch.softmax(torch.randn(3, height, width, generator=generator) * 3, dim=0)
+    settings = PropagationSettings(radius=2, top_k=3, temperature=1.5, fit_steps=12, fit_rate=0.2)
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    apart = torch.maximum((rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs())  # [M, M]
+    allowed = (apart <= settings.radius) & (apart > 1)
+    logits = torch.einsum("hmd,hnd->hmn", q.reshape(heads, -1, dim), k.reshape(heads, -1, dim)) / settings.temperature
+    per_head = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)  # [H, M, M]
+    candidates = per_head.mean(0).topk(4 * settings.top_k, dim=1).indices  # [M, C]
+    values = per_head.gather(2, candidates.expand(heads, -1, -1))
+    target = labels.reshape(3, -1)
+    weight_logits = torch.zeros(heads, requires_grad=True)
+    optimiser = torch.optim.Adam([weight_logits], lr=settings.fit_rate)
+    with torch.enable_grad():
+        for _ in range(settings.fit_steps):
+            mixed = torch.einsum("h,hmc->mc", torch.softmax(weight_logits, 0), values)
+            mixed = mixed / mixed.sum(1, keepdim=True)
+            predicted = (target[:, candidates] * mixed).sum(2).clamp(1e-6, 1.0)
+            dice = 1 - (2 * (predicted * target).sum(1) + 1) / (predicted.sum(1) + target.sum(1) + 1)
+            loss = dice.mean() - (target * predicted.log()).sum(0).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    expected = torch.softmax(weight_logits.detach(), 0)
+    torch.testing.assert_close(fit_head_weights(q, k, labels, settings), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_masks_become_token_label_shares_with_the_background_first():
     from difftrack_pack.ditcorr.propagate import masks_to_labels
 
