@@ -151,12 +151,13 @@ def affinities(q_target: torch.Tensor, k_regions: torch.Tensor, head_weights: to
     batch = max(1, row_batch // per_tile)
     for start in range(0, tiles, batch):
         group = slice(start, min(tiles, start + batch))
-        targets, region, allowed = layout.targets[group].clamp(min=0), layout.region[group].clamp(min=0), layout.allowed[group]
-        q = q_target[:, targets]  # [H, G, T, d]
+        region = layout.region[group].clamp(min=0)
+        q = q_target[:, layout.targets[group].clamp(min=0)]  # [H, G, T, d]
         k = k_regions[:, group].flatten(2, 3)  # [H, G, C·R, d]
-        logits = logits_of(q.flatten(0, 1), k.flatten(0, 1)).unflatten(0, (heads, -1)) / temperature
-        logits = logits.masked_fill(~allowed[:, :, None, :].expand(-1, -1, contexts, -1).flatten(2), -math.inf)
-        per_head = torch.softmax(logits, dim=-1)  # [H, G, T, C·R]
+        logits = logits_of(q.flatten(0, 1), k.flatten(0, 1)).div_(temperature)  # [H·G, T, C·R]
+        blocked = ~layout.allowed[group][:, :, None, :]  # [G, T, 1, R]: the same window in every context frame
+        logits.view(heads, -1, per_tile, contexts, cells).masked_fill_(blocked, -math.inf)
+        per_head = torch.softmax(logits, dim=-1).view(heads, -1, per_tile, contexts * cells)  # [H, G, T, C·R]
         combined = torch.einsum("h,hgtn->gtn", head_weights.float(), per_head)
         values, picked = combined.topk(kept, dim=-1)  # picked indexes (context frame, region cell)
         source = (frames[None, :, None] * tokens + region[:, None, :]).flatten(1)  # [G, C·R] context token
@@ -378,7 +379,7 @@ def label_maps(labels: dict[float, torch.Tensor], frames: torch.Tensor, annotate
     batch = max(1, PIXEL_BATCH_LABELS // channels)
     spans = [(start, min(frames.shape[0], start + batch)) for start in range(0, frames.shape[0], batch)]
     maps = torch.empty(frames.shape[:3], dtype=torch.long)
-    with FrameCopier(frames, device) as copier:
+    with FrameCopier(frames, device, as_bytes=True) as copier:  # the frames only guide the edges
         for number, (low, high) in enumerate(spans):
             if number + 1 < len(spans):
                 copier.prefetch(*spans[number + 1])  # the next frames copy while these are filtered

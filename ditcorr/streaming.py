@@ -98,18 +98,29 @@ class FrameCopier:
     On CUDA, from frames elsewhere, a prefetched slice is copied by a worker thread on a side stream: a copy from
     pageable memory holds the thread that issues it and, on the compute stream, would first wait for every kernel
     queued there; this way it overlaps them (the DiT read-out, the chunk before) and the caller's thread goes on.
+
+    as_bytes: copies to the GPU carry 8-bit frames (what a decoded video holds), a quarter of the float32 bytes,
+    given back as float32 in [0, 1]; the quantisation, under half a level of 255, is for consumers that only need
+    the image's structure (a guide for edges), not exact values. Frames that need no copy are given as they are.
     """
 
-    def __init__(self, frames: torch.Tensor, device: torch.device):
-        self.frames, self.device = frames, torch.device(device)
+    def __init__(self, frames: torch.Tensor, device: torch.device, as_bytes: bool = False):
+        self.frames, self.device, self.as_bytes = frames, torch.device(device), as_bytes
         copies = self.device.type == "cuda" and frames.device != self.device
         self.stream = torch.cuda.Stream(self.device) if copies else None
         self.pool = ThreadPoolExecutor(max_workers=1) if copies else None
         self.pending: dict[tuple[int, int], Future] = {}
 
+    def _moved(self, low: int, high: int) -> torch.Tensor:
+        frames = self.frames[low:high]
+        if not self.as_bytes:
+            return frames.to(self.device, non_blocking=True)
+        quantised = frames.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+        return quantised.to(self.device, non_blocking=True).float().div_(255)
+
     def _copy(self, low: int, high: int) -> tuple[torch.Tensor, torch.cuda.Event]:
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            moved = self.frames[low:high].to(self.device, non_blocking=True)
+            moved = self._moved(low, high)
             ready = torch.cuda.Event()
             ready.record(self.stream)
         return moved, ready

@@ -43,3 +43,18 @@ def test_a_window_without_a_device_copies_nothing():
     (chunks, _) = chunked_features(blocks=2)
     window = DeviceWindow()
     assert window.get(chunks[0].qk) is chunks[0].qk and window.copies == 0
+
+
+def test_frames_copied_as_bytes_come_back_within_half_a_level():
+    """What a byte copy gives the GPU, formed here on the CPU: every value within half a level of 255 of the frame's,
+    8-bit values exactly, out-of-range values clamped to [0, 1]."""
+    from difftrack_pack.ditcorr.streaming import FrameCopier
+
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.rand(3, 8, 9, 3, generator=generator)
+    frames[0, 0, 0] = torch.tensor([-0.2, 1.3, 0.5])
+    moved = FrameCopier(frames, "cpu", as_bytes=True)._moved(0, 3)
+    assert moved.dtype == torch.float32 and moved.shape == frames.shape
+    assert (moved - frames.clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-7
+    levels = torch.randint(0, 256, (2, 4, 4, 3), generator=generator).float() / 255
+    torch.testing.assert_close(FrameCopier(levels, "cpu", as_bytes=True)._moved(0, 2), levels, rtol=0, atol=0)
