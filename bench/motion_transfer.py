@@ -19,7 +19,7 @@ Cost (--cost): a random-weight Wan 2.1 at 480x832 and 81 frames (1.3b: 21 latent
 `--steps` steps of euler with CFG (cfg 5, cond and uncond batched), plainly and with the Motion Transfer Sampler
 (DiTFlow's schedule: the first 20 % of the steps guided, `--iterations` Adam steps each, the middle block), once per
 `--frame-windows` entry (0: every ordered pair of latent frames, as published; N: only pairs at most N latent
-frames apart, FastVMT's local pairs). Prints one JSON line: plain_s, and per window guided_s,
+frames apart, FastVMT's local pairs), the blocks before it checkpointed (the sampler's default). Prints one JSON line: plain_s, and per window guided_s,
 guided_to_plain_ratio, peak_mem_gib (device memory at its highest during that sampling run, the model's weights
 included) and the pairs guided; plain_peak_mem_gib likewise.
 """
@@ -104,7 +104,7 @@ def cost(args) -> dict:
                                 "peak_mem_gib": guided_peak, "pairs": len(flow.pairs)}
     return {"model": f"wan2.1-{args.size}", "device": run.device_name, "latent": list(size["latent"]),
             "steps": args.steps, "guided_steps": settings.guided_steps(args.steps), "iterations": args.iterations,
-            "block": run.middle_block, "plain_s": round(plain_s, 3), "plain_peak_mem_gib": plain_peak,
+            "block": run.middle_block, "checkpoint_blocks": settings.checkpoint_blocks, "plain_s": round(plain_s, 3), "plain_peak_mem_gib": plain_peak,
             "by_frame_window": windows}
 
 

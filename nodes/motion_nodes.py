@@ -131,15 +131,19 @@ class MotionTransferSampler(io.ComfyNode):
                 io.Float.Input("huber", default=defaults.loss.huber, min=0.0, max=100.0, step=0.1,
                                tooltip="Huber's δ in patches: errors beyond it count linearly, so outliers pull less; "
                                        "0 = squared error (DiTFlow)."),
+                io.Boolean.Input("checkpoint_blocks", default=defaults.checkpoint_blocks,
+                                 tooltip="Recompute the blocks before the guidance block in each backward pass instead "
+                                         "of keeping them: the same guidance in a fraction of the memory (Wan 1.3B, "
+                                         "81 frames: 33 GiB kept), for about a fifth more time per iteration."),
             ],
             outputs=[io.Sampler.Output(display_name="sampler")],
         )
 
     @classmethod
     def execute(cls, motion_flow, sampler_name, guided_percent, iterations, rate_start, rate_end, moving_only,
-                min_confidence, max_displacement, huber) -> io.NodeOutput:
+                min_confidence, max_displacement, huber, checkpoint_blocks) -> io.NodeOutput:
         loss = FlowLoss(moving_only, min_confidence, max_displacement or None, huber)
-        settings = TransferSettings(guided_percent, iterations, rate_start, rate_end, loss)
+        settings = TransferSettings(guided_percent, iterations, rate_start, rate_end, loss, checkpoint_blocks)
         return io.NodeOutput(transfer_sampler(sampler_name, motion_flow, settings))
 
 
