@@ -121,40 +121,123 @@ def test_flat_frames_keep_the_coarse_tracks():
     assert torch.equal(path, coarse) and torch.equal(seen, visible)
 
 
-def test_time_chains_from_direct_matches_and_fills_gaps_from_trusted_frames_only():
-    """One point along 7 frames leaving its query frame (hand-worked). Direct matches are trusted on frames 0 and 4;
-    the chained steps into frames 1 and 5 are trusted, the steps into 2, 3 (the DiT calls frame 2 occluded) and 6
-    are not."""
-    xy = lambda *values: torch.tensor(values, dtype=torch.float32).view(-1, 1, 1).expand(-1, 1, 2).clone()  # noqa: E731
-    direct = xy(10, 99, 99, 99, 30, 99, 99)
-    direct_ok = torch.tensor([1, 0, 0, 0, 1, 0, 0], dtype=torch.bool)[:, None]
-    step = xy(0, 2, 50, 50, 0, 3, 50)
-    step_ok = torch.tensor([0, 1, 0, 0, 0, 1, 0], dtype=torch.bool)[:, None]
-    coarse = xy(10, 14, 60, 60, 28, 36, 70)
-    out = through_time(direct, direct_ok, step, step_ok, coarse, coarse_reach=16.0)[:, 0, 0]
-    # 1: chained from 0; 2, 3: between 1 (12) and 4 (30), never the chain; 5: chained from 4; 6: on at 5's velocity.
-    assert out.tolist() == [10, 12, 18, 24, 30, 33, 36]
-    assert through_time(direct, direct_ok, step, step_ok, coarse, coarse_reach=3.0)[1, 0, 0] == 12  # 12 vs coarse 14
-    far = through_time(direct, direct_ok, step, step_ok, coarse + xy(0, 9, 0, 0, 0, 0, 0), coarse_reach=3.0)
-    assert far[1, 0, 0] == 15  # the chained 12 is 11 px from the coarse 23: refused, so a quarter of the way 10 -> 30
-    alone = through_time(direct, torch.tensor([1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)[:, None], step,
-                         torch.zeros(7, 1, dtype=torch.bool), coarse, coarse_reach=16.0)
-    assert torch.equal(alone[1:], coarse[1:])  # no pixel evidence at all past the query frame: the DiT's positions
+def xy(*values: float) -> torch.Tensor:
+    """A point's x = y along frames: [T, 1, 2]."""
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1).expand(-1, 1, 2).clone()
+
+
+def flags(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.bool)[:, None]
+
+
+def test_time_continues_through_breaks_and_places_runs_where_the_evidence_agrees():
+    """One point over 10 frames (hand-worked). Steps of +2 are trusted into frames 1, 2, 4, 5, 8, 9 (breaks into 3,
+    6 and 7). Frame 5's direct match (40) puts its run at 36, 20 px from the continuation (16) with the DiT (17)
+    beside the continuation: the run continues. Frames 7-9 come after a two-frame break with matches 31, 33, 35:
+    re-acquired at 31, and the 7 px jump there is spread over frames 3-6."""
+    direct = xy(10, 99, 99, 99, 99, 40, 99, 31, 33, 35)
+    direct_ok = flags(1, 0, 0, 0, 0, 1, 0, 1, 1, 1)
+    step = xy(0, 2, 2, 50, 2, 2, 50, 50, 2, 2)
+    step_ok = flags(1, 1, 1, 0, 1, 1, 0, 0, 1, 1)
+    coarse = xy(10, 12, 14, 17, 19, 21, 23, 30, 32, 34)
+    out = through_time(direct, direct_ok, step, step_ok, coarse, agree=4.0)[:, 0, 0]
+    # 3-6 continue at 2 px a frame (16, 18, 20, 22), then take 1/5 .. 4/5 of the jump 31 - (22 + 2) = 7.
+    torch.testing.assert_close(out, torch.tensor([10, 12, 14, 17.4, 20.8, 24.2, 27.6, 31, 33, 35]))
+    # With the DiT beside the direct match instead, the run from frame 3 is placed by it (36, 38, 40).
+    sided = through_time(direct, direct_ok, step, step_ok, coarse + xy(0, 0, 0, 20, 20, 20, 0, 0, 0, 0), agree=4.0)
+    assert sided[3:6, 0, 0].tolist() == [36, 38, 40]
 
 
 def test_a_chained_run_moves_by_its_steps_and_is_placed_by_the_median_of_its_direct_matches():
-    """A still point over 8 frames (hand-worked): the chain holds on 1-3, breaks into frame 4 (an occlusion, say) and
-    holds again on 5-7. Direct matches slide along an edge on 1-3 (creeping 3 px a frame) and are mixed on 4-7."""
-    xy = lambda *values: torch.tensor(values, dtype=torch.float32).view(-1, 1, 1).expand(-1, 1, 2).clone()  # noqa: E731
+    """A still point over 8 frames (hand-worked): the chain holds on 1-3, breaks into frame 4 and holds again on 5-7.
+    Direct matches slide along an edge on 1-3 (creeping 3 px a frame) and are mixed on 4-7 (41, 40, 70, 40)."""
     direct = xy(10, 13, 16, 19, 41, 40, 70, 40)
-    direct_ok = torch.ones(8, 1, dtype=torch.bool)
     step = xy(0, 0, 0, 0, 30, 0, 0, 0)
-    step_ok = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)[:, None]
+    step_ok = flags(0, 1, 1, 1, 0, 1, 1, 1)
     coarse = xy(10, 12, 12, 12, 40, 40, 40, 40)
-    out = through_time(direct, direct_ok, step, step_ok, coarse, coarse_reach=64.0)[:, 0, 0]
-    # 0-3: the query frame's run, at the query point whatever the direct matches say; 4-7: the median of 41, 40,
-    # 70, 40 (40.5): one wrong match (70) moves nothing.
+    out = through_time(direct, torch.ones(8, 1, dtype=torch.bool), step, step_ok, coarse, agree=4.0)[:, 0, 0]
+    # 0-3: the query frame's run, at the query point whatever the direct matches say; 4-7: the median (40.5) of the
+    # run's matches, 30.5 px from the continuation (10) but with the DiT (40): one wrong match (70) moves nothing.
     assert out.tolist() == [10, 10, 10, 10, 40.5, 40.5, 40.5, 40.5]
+    # A match within `agree` of a still point's continuation places its run precisely.
+    near = through_time(xy(10, 99, 99, 99, 11, 99, 99, 99), flags(1, 0, 0, 0, 1, 0, 0, 0), step, step_ok, coarse,
+                        agree=4.0)[:, 0, 0]
+    assert near.tolist() == [10, 10, 10, 10, 11, 11, 11, 11]
+
+
+def through_time_by_frames(direct, direct_ok, step, step_ok, coarse, agree):
+    """through_time written out point by point and run by run, as its docstring states it (slow, plain)."""
+    length, count, _ = direct.shape
+    out = torch.empty_like(direct)
+
+    def median(values):  # per coordinate; the mean of the two middle values for an even count
+        ordered = torch.stack(values).sort(dim=0).values
+        return (ordered[(len(values) - 1) // 2] + ordered[len(values) // 2]) / 2
+
+    for n in range(count):
+        linked = [t > 0 and bool(step_ok[t, n]) for t in range(length)]
+        runs = []
+        for t in range(length):
+            if linked[t]:
+                runs[-1].append(t)
+            else:
+                runs.append([t])
+        run_of = {t: r for r, frames in enumerate(runs) for t in frames}
+        moved = {t: sum((step[u, n] for u in range(runs[run_of[t]][0] + 1, t + 1)), torch.zeros(2)) for t in range(length)}
+        increment, last = [], torch.zeros(2)
+        for t in range(length):
+            last = step[t, n] if linked[t] else last
+            increment.append(last)
+        votes = {r: [direct[t, n] - moved[t] for t in frames if direct_ok[t, n]] for r, frames in enumerate(runs)}
+        placed = {r: (direct[0, n] if r == 0 else median(votes[r])) for r in range(len(runs)) if r == 0 or votes[r]}
+
+        def walk(anchored):
+            positions = []
+            for t in range(length):
+                r = run_of[t]
+                positions.append(placed[r] + moved[t] if r in anchored else positions[t - 1] + increment[t])
+            return positions
+
+        provisional = walk(set(placed))
+        anchored = {0}
+        for r in placed:
+            if r == 0:
+                continue
+            first = runs[r][0]
+            continuation = provisional[first - 1] + increment[first]
+            beside = median([coarse[t, n] - moved[t] for t in runs[r]])
+            long_break = first - 1 > 0 and not linked[first - 1]
+            if ((placed[r] - continuation).norm() <= agree or long_break
+                    or (placed[r] - beside).norm() <= (continuation - beside).norm()):
+                anchored.add(r)
+        positions = walk(anchored)
+        spread = list(positions)
+        for t in range(length):
+            if run_of[t] in anchored:
+                continue
+            before = max(u for u in range(t) if run_of[u] in anchored)
+            after = [u for u in range(t + 1, length) if run_of[u] in anchored]
+            if after:
+                jump = positions[after[0]] - positions[after[0] - 1] - increment[after[0]]
+                spread[t] = positions[t] + jump * (t - before) / (after[0] - before)
+        out[:, n] = torch.stack(spread)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_through_time_equals_its_statement_written_out_frame_by_frame(seed):
+    generator = torch.Generator().manual_seed(seed)
+    length, count = 12, 40
+    truth = torch.cumsum(torch.randn(length, count, 2, generator=generator) * 2, dim=0)
+    noisy = lambda scale: truth + torch.randn(length, count, 2, generator=generator) * scale  # noqa: E731
+    direct, coarse = noisy(1.0), noisy(6.0)
+    direct[:, ::3] += 30 * (torch.rand(length, (count + 2) // 3, 1, generator=generator) < 0.3)  # wrong matches
+    step = torch.cat([torch.zeros(1, count, 2), noisy(0.3).diff(dim=0)])
+    direct_ok = torch.rand(length, count, generator=generator) < 0.4
+    step_ok = torch.rand(length, count, generator=generator) < 0.7
+    direct_ok[0] = True
+    expected = through_time_by_frames(direct, direct_ok, step, step_ok, coarse, 4.0)
+    torch.testing.assert_close(through_time(direct, direct_ok, step, step_ok, coarse, 4.0), expected, rtol=0, atol=1e-4)
 
 
 def test_segment_median_equals_a_loop_over_segments():
