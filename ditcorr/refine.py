@@ -50,13 +50,14 @@ class Alignment:
     textured: torch.Tensor
 
 
-def grey_pyramid(frames: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """frames [T, H, W, C] in [0, 1] -> `levels` grey images [T, 1, H / 2^l, W / 2^l] (Gaussian pyramid).
+def grey_pyramid(grey: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """grey levels [T, H, W] of frames (the mean of their channels, in [0, 1]) -> `levels` images
+    [T, 1, H / 2^l, W / 2^l] (Gaussian pyramid).
 
     Each level is the one above blurred by the 5-tap binomial kernel (reflected at the border) and halved, as
     kornia's pyrdown does; written here because ComfyUI lists kornia among its optional requirements.
     """
-    pyramid = [frames.float().mean(dim=-1)[:, None]]
+    pyramid = [grey.float()[:, None]]
     for _ in range(levels - 1):
         above = pyramid[-1]
         # (1, 4, 6, 4, 1) / 16 in each direction is four 2-tap means in a row (no kernel tensor to copy over).
@@ -160,7 +161,7 @@ def refine_tracks(frames: torch.Tensor, queries: torch.Tensor, path: torch.Tenso
     query_frames = queries[:, 2].round().long().cpu()
     # No host synchronisation until the end: the DiT read-out queued before may still be running on the GPU, and
     # the first frames copy (on a side stream) while it does.
-    with copier or FrameCopier(frames, device) as copier:
+    with copier or FrameCopier(frames, device, grey=True) as copier:
         return _refine(copier, queries, query_frames, path, visible, reach, levels, settings)
 
 
@@ -168,7 +169,7 @@ def prefetch_frames(frames: torch.Tensor, queries: torch.Tensor, device: torch.d
                     settings: PixelSettings = PixelSettings()) -> FrameCopier:
     """A FrameCopier already copying what refine_tracks reads first for each query frame: call it before the coarse
     tracking, so that the copies overlap it."""
-    copier = FrameCopier(frames, device)
+    copier = FrameCopier(frames, device, grey=True)
     query_frames = queries[:, 2].round().long().cpu()
     for query_frame in query_frames.unique().tolist():
         copier.prefetch(query_frame, query_frame + 1)

@@ -102,17 +102,19 @@ class FrameCopier:
     as_bytes: copies to the GPU carry 8-bit frames (what a decoded video holds), a quarter of the float32 bytes,
     given back as float32 in [0, 1]; the quantisation, under half a level of 255, is for consumers that only need
     the image's structure (a guide for edges), not exact values. Frames that need no copy are given as they are.
+    grey: frames are given as their grey level [n, H, W] float32 (the mean of their channels), computed where they
+    live before any copy, so a copy carries a third of the bytes (for consumers that align on intensity).
     """
 
-    def __init__(self, frames: torch.Tensor, device: torch.device, as_bytes: bool = False):
-        self.frames, self.device, self.as_bytes = frames, torch.device(device), as_bytes
+    def __init__(self, frames: torch.Tensor, device: torch.device, as_bytes: bool = False, grey: bool = False):
+        self.frames, self.device, self.as_bytes, self.grey = frames, torch.device(device), as_bytes, grey
         copies = self.device.type == "cuda" and frames.device != self.device
         self.stream = torch.cuda.Stream(self.device) if copies else None
         self.pool = ThreadPoolExecutor(max_workers=1) if copies else None
         self.pending: dict[tuple[int, int], Future] = {}
 
     def _moved(self, low: int, high: int) -> torch.Tensor:
-        frames = self.frames[low:high]
+        frames = self._source(low, high)
         if not self.as_bytes:
             return frames.to(self.device, non_blocking=True)
         quantised = frames.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
@@ -130,10 +132,14 @@ class FrameCopier:
         if self.pool is not None and (low, high) not in self.pending:
             self.pending[(low, high)] = self.pool.submit(self._copy, low, high)
 
+    def _source(self, low: int, high: int) -> torch.Tensor:
+        """frames[low:high] where they live, as given (grey levels for `grey`)."""
+        return self.frames[low:high].float().mean(dim=-1) if self.grey else self.frames[low:high]
+
     def take(self, low: int, high: int) -> torch.Tensor:
         """frames[low:high] on the device, ready for the current stream."""
         if self.pool is None:
-            return self.frames[low:high].to(self.device)
+            return self._source(low, high).to(self.device)
         self.prefetch(low, high)
         moved, ready = self.pending.pop((low, high)).result()
         current = torch.cuda.current_stream(self.device)

@@ -60,7 +60,7 @@ def test_alignment_reaches_the_minimum_of_its_objective_found_by_exhaustive_sear
     generator = torch.Generator().manual_seed(3)
     shift = torch.tensor([[0.0, 0.0], [2.37, -1.61]])
     frames = shifted_frames(shift)
-    pyramid = grey_pyramid(frames, 3)
+    pyramid = grey_pyramid(frames.mean(dim=-1), 3)
     points = 30 + torch.rand(12, 2, generator=generator) * 36
     start = points + shift[1] + (torch.rand(12, 2, generator=generator) - 0.5) * 8  # up to half a 16-px token off
     found = align(pyramid, torch.tensor([0]), points[None], pyramid, torch.tensor([1]), start[None]).position[0]
@@ -287,5 +287,5 @@ def test_pyramid_equals_kornias():
     from kornia.geometry.transform import build_pyramid  # installed with ComfyUI's requirements, optional there
 
     frames = torch.rand(3, 61, 96, 3, generator=torch.Generator().manual_seed(0))
-    for ours, theirs in zip(grey_pyramid(frames, 4), build_pyramid(frames.mean(dim=-1)[:, None], 4)):
+    for ours, theirs in zip(grey_pyramid(frames.mean(dim=-1), 4), build_pyramid(frames.mean(dim=-1)[:, None], 4)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)

@@ -58,3 +58,15 @@ def test_frames_copied_as_bytes_come_back_within_half_a_level():
     assert (moved - frames.clamp(0, 1)).abs().max() <= 0.5 / 255 + 1e-7
     levels = torch.randint(0, 256, (2, 4, 4, 3), generator=generator).float() / 255
     torch.testing.assert_close(FrameCopier(levels, "cpu", as_bytes=True)._moved(0, 2), levels, rtol=0, atol=0)
+
+
+def test_grey_frames_are_the_channel_mean_wherever_they_are_taken():
+    """A grey copier gives [n, H, W] channel means: on the path a copy to the GPU takes (formed here on the CPU) and
+    on the path that copies nothing."""
+    from difftrack_pack.ditcorr.streaming import FrameCopier
+
+    frames = torch.rand(4, 8, 9, 3, generator=torch.Generator().manual_seed(1))
+    copier = FrameCopier(frames, "cpu", grey=True)
+    for grey in (copier._moved(1, 3), copier.take(1, 3)):
+        assert grey.shape == (2, 8, 9)
+        torch.testing.assert_close(grey, frames[1:3].mean(dim=-1), rtol=0, atol=0)
