@@ -2,26 +2,29 @@
 noise unguided, scored against the reference without our DiT; and its cost on the GPU.
 
     python bench/motion_transfer.py --seed S --clips N [--device cpu|cuda] [--steps 20] [--iterations 5]
-                                    [--guided 0.2] [--rate 0.002,0.001] [--blocks 7]
-    python bench/motion_transfer.py --cost --size tiny|1.3b [--steps 50] [--frame-windows 0,2] [--device cuda]
+                                    [--guided 0.2] [--rate 0.002,0.001] [--blocks 7] [--schedules 0:1,0:3]
+    python bench/motion_transfer.py --cost --size tiny|1.3b [--steps 50] [--schedules 0:1,2:3] [--device cuda]
 
 Per clip: the reference is a rendered synthetic clip (256x256x13, seeded from S, "fast" motion: a panning
 background and moving sprites); Motion Flow from Video reads it per frame (the tiny VAE's layout) at the chosen
 blocks; then one generation from noise seeded by the clip (Zero Conditioning, euler, cfg 1, `--steps` steps) with
-the Motion Transfer Sampler and one with plain euler. Scores (ditcorr/motion.py, OpenCV's DIS flow): motion
+the Motion Transfer Sampler per `--schedules` entry W:G (the flow's frame window W, 0 = every pair; the gradient on
+every G-th iteration) and one with plain euler. Scores (ditcorr/motion.py, OpenCV's DIS flow): motion
 fidelity of the generation's flow tracks (a 16x16 grid) to the reference's, and whether the generation's
 background pan (the flow's per-axis median, averaged over the clip) points within 45 degrees of the reference's.
-Prints one JSON line: mf_guided, mf_unguided, pan_match_guided, pan_match_unguided (fractions of clips),
-amf_loss_before / amf_loss_after (the flow loss at the first and last iteration of each guided step, averaged),
-seconds_guided, seconds_unguided (per clip), and the settings.
+Prints one JSON line: mf_unguided, pan_match_unguided, seconds_unguided, and per schedule (`by_schedule`; the first
+one's also at the top level) mf_guided, pan_match_guided (fractions of clips), amf_loss_before / amf_loss_after
+(the flow loss at the first and last computed gradient of each guided step, averaged), seconds_guided (per clip);
+and the settings.
 
 Cost (--cost): a random-weight Wan 2.1 at 480x832 and 81 frames (1.3b: 21 latent frames; tiny: 64x64, 5) samples
 `--steps` steps of euler with CFG (cfg 5, cond and uncond batched), plainly and with the Motion Transfer Sampler
-(DiTFlow's schedule: the first 20 % of the steps guided, `--iterations` Adam steps each, the middle block), once per
-`--frame-windows` entry (0: every ordered pair of latent frames, as published; N: only pairs at most N latent
-frames apart, FastVMT's local pairs), the blocks before it checkpointed (the sampler's default). Prints one JSON line: plain_s, and per window guided_s,
-guided_to_plain_ratio, peak_mem_gib (device memory at its highest during that sampling run, the model's weights
-included) and the pairs guided; plain_peak_mem_gib likewise.
+(DiTFlow's schedule: the first 20 % of the steps guided, `--iterations` Adam steps each, the middle block, the blocks
+before it checkpointed), once per `--schedules` entry W:G: the frame window W (0: every ordered pair of latent
+frames, as published; N: only pairs at most N latent frames apart, FastVMT's local pairs) and the gradient computed
+on every G-th iteration (1: all, as published; G > 1: FastVMT's gradient reuse). Prints one JSON line: plain_s, and
+per schedule guided_s, guided_to_plain_ratio, peak_mem_gib (device memory at its highest during that sampling run,
+the model's weights included), the pairs guided and the gradients computed; plain_peak_mem_gib likewise.
 """
 from __future__ import annotations
 
@@ -75,7 +78,6 @@ def cost(args) -> dict:
     frame_size = (8 * height, 8 * width)
     noise = torch.randn(1, *size["latent"], generator=generator)
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", args.steps)
-    settings = TransferSettings(iterations=args.iterations)
 
     def sample(sampler, steps=None):
         guider = comfy.samplers.CFGGuider(model)
@@ -93,19 +95,22 @@ def cost(args) -> dict:
     plain = comfy.samplers.sampler_object("euler")
     sample(plain, steps=2)  # warm-up: kernels, the model on the device
     plain_s, plain_peak = measured(plain)
-    windows = {}
-    for window in (int(w) for w in args.frame_windows.split(",")):
+    schedules, settings = {}, TransferSettings(iterations=args.iterations)
+    for schedule in args.schedules.split(","):
+        window, every = (int(part) for part in schedule.split(":"))
+        settings = TransferSettings(iterations=args.iterations, gradient_every=every)
         flow = motion_flow(model, reference, positions, frame_size, size["frames"], None, [run.middle_block],
                            2.0, 0.0, 0, window)
-        guided = transfer_sampler("euler", flow, settings)
         sample(transfer_sampler("euler", flow, TransferSettings(guided_share=1.0, iterations=1)), steps=1)  # warm-up
-        guided_s, guided_peak = measured(guided)
-        windows[str(window)] = {"guided_s": round(guided_s, 3), "guided_to_plain_ratio": round(guided_s / plain_s, 4),
-                                "peak_mem_gib": guided_peak, "pairs": len(flow.pairs)}
+        report = []
+        guided_s, guided_peak = measured(transfer_sampler("euler", flow, settings, report))
+        schedules[schedule] = {"frame_window": window, "gradient_every": every, "guided_s": round(guided_s, 3),
+                               "guided_to_plain_ratio": round(guided_s / plain_s, 4), "peak_mem_gib": guided_peak,
+                               "pairs": len(flow.pairs), "gradients": sum(len(losses) for losses in report)}
     return {"model": f"wan2.1-{args.size}", "device": run.device_name, "latent": list(size["latent"]),
             "steps": args.steps, "guided_steps": settings.guided_steps(args.steps), "iterations": args.iterations,
-            "block": run.middle_block, "checkpoint_blocks": settings.checkpoint_blocks, "plain_s": round(plain_s, 3), "plain_peak_mem_gib": plain_peak,
-            "by_frame_window": windows}
+            "block": run.middle_block, "checkpoint_blocks": settings.checkpoint_blocks, "plain_s": round(plain_s, 3),
+            "plain_peak_mem_gib": plain_peak, "by_schedule": schedules}
 
 
 def main() -> None:
@@ -118,7 +123,8 @@ def main() -> None:
     parser.add_argument("--rate", default="0.002,0.001", help="learning rate on the first and last guided step")
     parser.add_argument("--blocks", default="7", help="guidance blocks (the tiny DiT's matching block is 7)")
     parser.add_argument("--cost", action="store_true", help="time guided against plain sampling (random weights)")
-    parser.add_argument("--frame-windows", default="0", help="--cost: frame windows of the guided pairs (0 = all)")
+    parser.add_argument("--schedules", default="0:1", help="frame window (0 = all pairs) and gradient_every, as W:G, "
+                                                          "comma-separated")
     args = parser.parse_args()
     if args.cost:
         print(json.dumps(cost(args)))
@@ -139,7 +145,7 @@ def main() -> None:
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(TRAINED / TRAINED_VAE)))
     positive = run_node(ZeroConditioning, model=model).args[0]
     start_rate, end_rate = (float(r) for r in args.rate.split(","))
-    settings = TransferSettings(args.guided, args.iterations, start_rate, end_rate)
+    schedules = {schedule: tuple(int(part) for part in schedule.split(":")) for schedule in args.schedules.split(",")}
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", args.steps)
 
     def generate(sampler, seed: int) -> tuple[torch.Tensor, float]:
@@ -154,26 +160,34 @@ def main() -> None:
         frames = samples.transpose(1, 2).reshape(FRAMES, -1, 1, SIZE // 8, SIZE // 8)  # one-frame clips
         return vae.decode(frames).reshape(FRAMES, SIZE, SIZE, 3).float(), seconds
 
-    rows = []
+    def scores(video: torch.Tensor, reference_tracks: torch.Tensor, reference_pan: torch.Tensor) -> tuple[float, float]:
+        tracks, pan = flow_tracks(video)
+        return motion_fidelity(reference_tracks, tracks), float(same_direction(pan, reference_pan))
+
+    rows = {name: [] for name in ("unguided", *schedules)}
     for index in range(args.clips):
         clip_seed = args.seed * 100_003 + index
         reference = make_clip(clip_seed, (SIZE, SIZE), FRAMES).frames
-        flow, _ = run_node(MotionFlowFromVideo, model=model, vae=vae, images=reference, blocks=args.blocks,
-                           encoding="per_frame").args
-        report = []
-        guided, guided_s = generate(transfer_sampler("euler", flow, settings, report), clip_seed)
-        plain, plain_s = generate(comfy.samplers.sampler_object("euler"), clip_seed)
         reference_tracks, reference_pan = flow_tracks(reference)
-        row = {"seconds_guided": guided_s, "seconds_unguided": plain_s,
-               "amf_loss_before": statistics.fmean(losses[0] for losses in report),
-               "amf_loss_after": statistics.fmean(losses[-1] for losses in report)}
-        for name, video in (("guided", guided), ("unguided", plain)):
-            tracks, pan = flow_tracks(video)
-            row[f"mf_{name}"] = motion_fidelity(reference_tracks, tracks)
-            row[f"pan_match_{name}"] = float(same_direction(pan, reference_pan))
-        rows.append(row)
+        plain, plain_s = generate(comfy.samplers.sampler_object("euler"), clip_seed)
+        mf, pan = scores(plain, reference_tracks, reference_pan)
+        rows["unguided"].append({"mf_unguided": mf, "pan_match_unguided": pan, "seconds_unguided": plain_s})
+        flows = {}
+        for name, (window, every) in schedules.items():
+            if window not in flows:
+                flows[window] = run_node(MotionFlowFromVideo, model=model, vae=vae, images=reference, blocks=args.blocks,
+                                         encoding="per_frame", frame_window=window).args[0]
+            report = []
+            settings = TransferSettings(args.guided, args.iterations, start_rate, end_rate, gradient_every=every)
+            guided, guided_s = generate(transfer_sampler("euler", flows[window], settings, report), clip_seed)
+            mf, pan = scores(guided, reference_tracks, reference_pan)
+            rows[name].append({"mf_guided": mf, "pan_match_guided": pan, "seconds_guided": guided_s,
+                               "amf_loss_before": statistics.fmean(losses[0] for losses in report),
+                               "amf_loss_after": statistics.fmean(losses[-1] for losses in report)})
+    mean = lambda runs: {key: round(statistics.fmean(run[key] for run in runs), 4) for key in runs[0]}  # noqa: E731
+    by_schedule = {name: mean(rows[name]) for name in schedules}
     print(json.dumps({
-        **{key: round(statistics.fmean(row[key] for row in rows), 4) for key in rows[0]},
+        **by_schedule[next(iter(schedules))], **mean(rows["unguided"]), "by_schedule": by_schedule,
         "model": "wan2.1-tiny", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "seed": args.seed, "clips": args.clips, "steps": args.steps, "iterations": args.iterations,
         "guided": args.guided, "rate": args.rate, "blocks": args.blocks,

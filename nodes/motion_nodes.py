@@ -115,6 +115,10 @@ class MotionTransferSampler(io.ComfyNode):
                                tooltip="Share of the steps, from the first, that are guided (DiTFlow: 10 of 50)."),
                 io.Int.Input("iterations", default=defaults.iterations, min=0, max=100,
                              tooltip="Adam steps on the latent per guided step (DiTFlow: 5); 0 = plain sampling."),
+                io.Int.Input("gradient_every", default=defaults.gradient_every, min=1, max=100,
+                             tooltip="Compute the gradient (a forward and backward of the DiT, most of the cost) on "
+                                     "every n-th iteration of a step and reuse it for the Adam steps between "
+                                     "(FastVMT's gradient reuse); 1 = every iteration (DiTFlow)."),
                 io.Float.Input("rate_start", default=defaults.rate_start, min=0.0, max=10.0, step=0.0001,
                                tooltip="Learning rate on the first guided step (DiTFlow: 0.002)..."),
                 io.Float.Input("rate_end", default=defaults.rate_end, min=0.0, max=10.0, step=0.0001,
@@ -140,10 +144,11 @@ class MotionTransferSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, motion_flow, sampler_name, guided_percent, iterations, rate_start, rate_end, moving_only,
-                min_confidence, max_displacement, huber, checkpoint_blocks) -> io.NodeOutput:
+    def execute(cls, motion_flow, sampler_name, guided_percent, iterations, gradient_every, rate_start, rate_end,
+                moving_only, min_confidence, max_displacement, huber, checkpoint_blocks) -> io.NodeOutput:
         loss = FlowLoss(moving_only, min_confidence, max_displacement or None, huber)
-        settings = TransferSettings(guided_percent, iterations, rate_start, rate_end, loss, checkpoint_blocks)
+        settings = TransferSettings(guided_percent, iterations, rate_start, rate_end, loss, checkpoint_blocks,
+                                    gradient_every)
         return io.NodeOutput(transfer_sampler(sampler_name, motion_flow, settings))
 
 

@@ -111,9 +111,10 @@ class FlowProbe(AttentionHook):
 @dataclass
 class TransferSettings:
     """DiTFlow's schedule: the first `guided_share` of the steps guided, `iterations` Adam steps on the latent
-    each, the learning rate linear from `rate_start` to `rate_end` over the guided steps; the loss's options; and
+    each, the learning rate linear from `rate_start` to `rate_end` over the guided steps; the loss's options;
     whether the differentiated forwards checkpoint their blocks (the same gradients in far less memory: at Wan
-    1.3B, 81 frames, the whole graph of 15 blocks would be tens of GiB)."""
+    1.3B, 81 frames, the whole graph of 15 blocks would be tens of GiB); and how often the gradient is computed
+    (FastVMT's gradient reuse: on iterations 0, n, 2n ... of each step, the Adam steps between reusing it)."""
 
     guided_share: float = 0.2
     iterations: int = 5
@@ -121,6 +122,12 @@ class TransferSettings:
     rate_end: float = 0.001
     loss: FlowLoss = field(default_factory=FlowLoss)
     checkpoint_blocks: bool = True  # recompute the blocks before the deepest guidance block in the backward pass
+    gradient_every: int = 1  # a forward and backward on every n-th iteration of a step; 1 = all, as published
+
+    def __post_init__(self):
+        if self.gradient_every < 1:
+            raise ValueError(f"gradient_every is {self.gradient_every}: compute the gradient at least on every "
+                             "iteration's first (1), or reuse it for n - 1 iterations after (n > 1).")
 
     def guided_steps(self, steps: int) -> int:
         return min(steps, round(self.guided_share * steps))
@@ -140,19 +147,22 @@ def check_flow_fits(flow: MotionFlow, latent: torch.Tensor, grid: tuple[int, int
 
 
 def optimise_latent(loss_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iterations: int,
-                    rate: float) -> tuple[torch.Tensor, list[float]]:
+                    rate: float, gradient_every: int = 1) -> tuple[torch.Tensor, list[float]]:
     """`iterations` Adam steps on a copy of the latent x, minimising loss_of; gradients are taken with respect to
-    the latent alone (never accumulated on weights). Returns (the optimised latent, each step's loss)."""
+    the latent alone (never accumulated on weights), on iterations 0, gradient_every, 2 * gradient_every ...; the
+    steps between reuse the last one. Returns (the optimised latent, the loss of each computed gradient)."""
     with torch.inference_mode(False), torch.enable_grad():
         latent = x.detach().clone().requires_grad_(True)
         optimiser = torch.optim.Adam([latent], lr=rate)
-        losses = []
-        for _ in range(iterations):
+        losses, gradient = [], None
+        for iteration in range(iterations):
             comfy.model_management.throw_exception_if_processing_interrupted()
-            loss = loss_of(latent)
-            (latent.grad,) = torch.autograd.grad(loss, [latent])
+            if iteration % gradient_every == 0:
+                loss = loss_of(latent)
+                (gradient,) = torch.autograd.grad(loss, [latent])
+                losses.append(float(loss.detach()))
+            latent.grad = gradient
             optimiser.step()
-            losses.append(float(loss.detach()))
     return latent.detach().to(x.dtype), losses
 
 
@@ -197,7 +207,8 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
 
         for step in range(guided):
             with differentiable_forwards(adapter, base_model.diffusion_model):
-                x, losses = optimise_latent(loss_of(sigmas[step]), x, settings.iterations, settings.rate(step, guided))
+                x, losses = optimise_latent(loss_of(sigmas[step]), x, settings.iterations, settings.rate(step, guided),
+                                            settings.gradient_every)
             if report is not None:
                 report.append(losses)
             x = base_function(model_k, x, sigmas[step:step + 2], extra_args=extra_args, callback=shifted(step),
