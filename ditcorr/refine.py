@@ -32,6 +32,7 @@ class PixelSettings:
     radius: int = 5  # patch half-width in pixels at every pyramid level: (2r+1)^2 pixels
     iterations: int = 6  # Lucas–Kanade updates per pyramid level
     min_texture: float = 1e-5  # smallest structure-tensor eigenvalue per pixel (grey in [0, 1]) a template needs
+    similarity: float = 0.1  # grey levels: a patch pixel's weight falls as a Gaussian of its difference from the centre's
     max_residual: float = 0.25  # RMS mismatch of the aligned patch over the template's contrast above which it is refused
     max_shift: float = 1.0  # tokens the pixel step may move a point from the DiT's position
     agree: float = 4.0  # pixels within which a run's direct matches confirm the track's continuation
@@ -101,24 +102,29 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
     target_frames [G]: long indices into them (Gt is G, or 1 for one template frame shared by every group);
     template_at [Gt, N, 2] and start [G, N, 2]: (x, y) pixels of each patch's centre in its template frame and of
     the first guess in its target frame. The patch is weighted by a Gaussian of half its width, so its centre
-    counts most; patches are compared after removing their mean and contrast. Returns where each patch's centre
-    lands in its target frame, with the residual and texture of the finest level.
+    counts most, and by how close each pixel's grey level is to the centre's (`similarity`; a bilateral support
+    weight): a point on the background next to a moving sprite's outline follows the background, not the
+    outline's strong edge. Patches are compared after removing their mean and contrast. Returns where each patch's
+    centre lands in its target frame, with the residual and texture of the finest level.
     """
     offsets = _offsets(settings.radius, start.device)  # [K, 2]
     wide = _offsets(settings.radius + 1, start.device)  # one pixel wider, for the template's central differences
     side = 2 * settings.radius + 3
-    weight = torch.exp(-(offsets ** 2).sum(-1) / (2 * (settings.radius / 2 + 0.5) ** 2))  # [K]
-    weight = weight / weight.sum()
+    spatial = torch.exp(-(offsets ** 2).sum(-1) / (2 * (settings.radius / 2 + 0.5) ** 2))  # [K]
     groups, count = start.shape[:2]
     here = start.float()
-    centred = lambda values: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
-    contrast = lambda values: (values ** 2 * weight).sum(-1, keepdim=True).sqrt().clamp(min=1e-6)  # noqa: E731
     for level in reversed(range(len(target_pyramid))):
         targets = target_pyramid[level][target_frames]  # selected once per level, read every iteration
         # Template and its gradient from a patch one pixel wider (central differences), once per level.
         patch = _sample(template_pyramid[level][template_frames], (template_at * 0.5 ** level)[:, :, None] + wide)
         patch = patch.view(template_at.shape[0], count, side, side)
-        template = centred(patch[:, :, 1:-1, 1:-1].flatten(2))  # [G, N, K]
+        values = patch[:, :, 1:-1, 1:-1].flatten(2)  # [Gt, N, K]
+        centre = values[..., offsets.shape[0] // 2, None]
+        weight = spatial * torch.exp(-(values - centre) ** 2 / (2 * settings.similarity ** 2))
+        weight = weight / weight.sum(-1, keepdim=True)  # [Gt, N, K]
+        centred = lambda values, weight=weight: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
+        contrast = lambda values, weight=weight: (values ** 2 * weight).sum(-1, keepdim=True).sqrt().clamp(min=1e-6)  # noqa: E731
+        template = centred(values)
         template_contrast = contrast(template)
         gx = centred(((patch[:, :, 1:-1, 2:] - patch[:, :, 1:-1, :-2]) / 2).flatten(2))
         gy = centred(((patch[:, :, 2:, 1:-1] - patch[:, :, :-2, 1:-1]) / 2).flatten(2))

@@ -32,10 +32,11 @@ def shifted_frames(shifts: torch.Tensor, size: int = 96, seed: int = 0, gain: to
     return torch.stack(frames)
 
 
-def objective(pyramid, template_at, target, candidates, radius):
+def objective(pyramid, template_at, target, candidates, radius, similarity=PixelSettings().similarity):
     """The alignment's own cost, evaluated directly: weighted SSD of the level-0 patch at each candidate position
     [N, M, 2] of frame `target` against the patch at template_at [N, 2] of frame 0, both with their weighted mean
-    removed and the candidate scaled to the template's contrast. Returns [N, M]."""
+    removed and the candidate scaled to the template's contrast; each template pixel weighted by a Gaussian of its
+    distance and of its grey level's difference from the centre's. Returns [N, M]."""
     steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
     dy, dx = torch.meshgrid(steps, steps, indexing="ij")
     offsets = torch.stack([dx.flatten(), dy.flatten()], 1)
@@ -48,10 +49,12 @@ def objective(pyramid, template_at, target, candidates, radius):
         return torch.nn.functional.grid_sample(image[frame:frame + 1], where.reshape(1, 1, -1, 2), padding_mode="border",
                                                align_corners=False).reshape(*centres.shape[:-1], -1)
 
-    weight = weight / weight.sum()
+    values = patch(0, template_at[:, None])  # [N, 1, K]
+    weight = weight * torch.exp(-(values - values[..., len(offsets) // 2, None]) ** 2 / (2 * similarity ** 2))
+    weight = weight / weight.sum(-1, keepdim=True)
     centred = lambda values: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
     contrast = lambda values: (values ** 2 * weight).sum(-1, keepdim=True).sqrt()  # noqa: E731
-    target, template = centred(patch(target, candidates)), centred(patch(0, template_at[:, None]))
+    target, template = centred(patch(target, candidates)), centred(values)
     difference = target * contrast(template) / contrast(target) - template
     return (difference ** 2 * weight).sum(-1)
 
@@ -68,12 +71,17 @@ def test_alignment_reaches_the_minimum_of_its_objective_found_by_exhaustive_sear
     steps = torch.arange(-2, 2.0001, 0.02)
     grid = torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1).reshape(-1, 2)
     candidates = points[:, None] + shift[1] + grid
-    best = candidates[torch.arange(12), objective(pyramid, points, 1, candidates, PixelSettings().radius).argmin(1)]
+    values = objective(pyramid, points, 1, candidates, PixelSettings().radius)
+    best = candidates[torch.arange(12), values.argmin(1)]
     # Lucas-Kanade stops where the objective's gradient (linearised on the template) vanishes; the exhaustive
-    # minimum of bilinearly interpolated patches sits a little towards the pixel grid. Both are near the truth.
-    assert (found - best).norm(dim=-1).max() <= 0.15
+    # minimum of bilinearly interpolated patches sits a little towards the pixel grid, where the objective is flat
+    # (within 0.2 px of the truth it changes by a few percent of its minimum, across the grid by 30-500x). Both are
+    # near the truth, and Lucas-Kanade's objective is within 15 % of the exhaustive minimum.
+    at_found = objective(pyramid, points, 1, found[:, None], PixelSettings().radius)[:, 0]
+    assert (at_found <= 1.15 * values.min(1).values).all()
+    assert (values.max(1).values > 20 * values.min(1).values).all()
     assert (found - (points + shift[1])).norm(dim=-1).max() <= 0.1
-    assert (best - (points + shift[1])).norm(dim=-1).max() <= 0.15
+    assert (best - (points + shift[1])).norm(dim=-1).max() <= 0.25
 
 
 def test_pyramid_levels_cover_the_reach():
