@@ -118,7 +118,9 @@ class MotionTransferSampler(io.ComfyNode):
                 io.Int.Input("gradient_every", default=defaults.gradient_every, min=1, max=100,
                              tooltip="Compute the gradient (a forward and backward of the DiT, most of the cost) on "
                                      "every n-th iteration of a step and reuse it for the Adam steps between "
-                                     "(FastVMT's gradient reuse); 1 = every iteration (DiTFlow)."),
+                                     "(FastVMT's gradient reuse); 1 = every iteration (DiTFlow). The default 3 "
+                                     "transferred as much motion on the test model at 1.57x plain sampling's time "
+                                     "instead of 2.4x (Wan 1.3B, 81 frames)."),
                 io.Float.Input("rate_start", default=defaults.rate_start, min=0.0, max=10.0, step=0.0001,
                                tooltip="Learning rate on the first guided step (DiTFlow: 0.002)..."),
                 io.Float.Input("rate_end", default=defaults.rate_end, min=0.0, max=10.0, step=0.0001,

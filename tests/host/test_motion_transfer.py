@@ -60,7 +60,7 @@ def test_zero_iterations_sample_bit_for_bit_as_the_plain_sampler(trained):
 def test_guidance_lowers_the_flow_loss_and_touches_no_weight(trained):
     model, flow = trained
     report = []
-    settings = TransferSettings(guided_share=0.4, iterations=4, rate_start=0.05, rate_end=0.05)
+    settings = TransferSettings(guided_share=0.4, iterations=4, rate_start=0.05, rate_end=0.05, gradient_every=1)
     guided = generate(model, flow, settings, report=report)
     assert len(report) == 2 and all(len(losses) == 4 for losses in report)
     assert all(losses[-1] < losses[0] for losses in report), report
@@ -77,7 +77,7 @@ def test_checkpointed_blocks_give_the_same_guidance(trained):
     for checkpoint in (False, True):
         report = []
         settings = TransferSettings(guided_share=0.4, iterations=3, rate_start=0.05, rate_end=0.05,
-                                    checkpoint_blocks=checkpoint)
+                                    checkpoint_blocks=checkpoint, gradient_every=1)
         runs[checkpoint] = generate(model, flow, settings, report=report), report
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor(runs[True][1]), torch.tensor(runs[False][1]), rtol=1e-5, atol=0)
@@ -134,7 +134,8 @@ def test_gradient_reuse_in_sampling_computes_fewer_gradients_and_still_lowers_th
     guided = generate(model, flow, settings, report=report)
     assert len(report) == 2 and all(len(losses) == 2 for losses in report)  # iterations 0 and 2 of each step
     assert all(losses[-1] < losses[0] for losses in report), report
-    every = generate(model, flow, TransferSettings(guided_share=0.4, iterations=4, rate_start=0.05, rate_end=0.05))
+    every = generate(model, flow, TransferSettings(guided_share=0.4, iterations=4, rate_start=0.05, rate_end=0.05,
+                                                   gradient_every=1))
     assert not torch.equal(guided, every)
 
 
