@@ -8,8 +8,8 @@ noise unguided, scored against the reference without our DiT; and its cost on th
 Per clip: the reference is a rendered synthetic clip (256x256x13, seeded from S, "fast" motion: a panning
 background and moving sprites); Motion Flow from Video reads it per frame (the tiny VAE's layout) at the chosen
 blocks; then one generation from noise seeded by the clip (Zero Conditioning, euler, cfg 1, `--steps` steps) with
-the Motion Transfer Sampler per `--schedules` entry W:G (the flow's frame window W, 0 = every pair; the gradient on
-every G-th iteration) and one with plain euler. Scores (ditcorr/motion.py, OpenCV's DIS flow): motion
+the Motion Transfer Sampler per `--schedules` entry W:G[:I] (the flow's frame window W, 0 = every pair; the gradient
+on every G-th iteration; I = 1: the reference's keys and values injected at block 0) and one with plain euler. Scores (ditcorr/motion.py, OpenCV's DIS flow): motion
 fidelity of the generation's flow tracks (a 16x16 grid) to the reference's, and whether the generation's
 background pan (the flow's per-axis median, averaged over the clip) points within 45 degrees of the reference's.
 Prints one JSON line: mf_unguided, pan_match_unguided, seconds_unguided, and per schedule (`by_schedule`; the first
@@ -123,8 +123,8 @@ def main() -> None:
     parser.add_argument("--rate", default="0.002,0.001", help="learning rate on the first and last guided step")
     parser.add_argument("--blocks", default="7", help="guidance blocks (the tiny DiT's matching block is 7)")
     parser.add_argument("--cost", action="store_true", help="time guided against plain sampling (random weights)")
-    parser.add_argument("--schedules", default="0:1", help="frame window (0 = all pairs) and gradient_every, as W:G, "
-                                                          "comma-separated")
+    parser.add_argument("--schedules", default="0:1", help="frame window (0 = all pairs), gradient_every and (quality "
+                                                          "runs) 1 to inject K/V at block 0, as W:G[:I], comma-separated")
     args = parser.parse_args()
     if args.cost:
         print(json.dumps(cost(args)))
@@ -145,7 +145,7 @@ def main() -> None:
     vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(TRAINED / TRAINED_VAE)))
     positive = run_node(ZeroConditioning, model=model).args[0]
     start_rate, end_rate = (float(r) for r in args.rate.split(","))
-    schedules = {schedule: tuple(int(part) for part in schedule.split(":")) for schedule in args.schedules.split(",")}
+    schedules = {schedule: (*(int(part) for part in schedule.split(":")), 0)[:3] for schedule in args.schedules.split(",")}
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", args.steps)
 
     def generate(sampler, seed: int) -> tuple[torch.Tensor, float]:
@@ -173,12 +173,13 @@ def main() -> None:
         mf, pan = scores(plain, reference_tracks, reference_pan)
         rows["unguided"].append({"mf_unguided": mf, "pan_match_unguided": pan, "seconds_unguided": plain_s})
         flows = {}
-        for name, (window, every) in schedules.items():
+        for name, (window, every, inject) in schedules.items():
             if window not in flows:
                 flows[window] = run_node(MotionFlowFromVideo, model=model, vae=vae, images=reference, blocks=args.blocks,
                                          encoding="per_frame", frame_window=window).args[0]
             report = []
-            settings = TransferSettings(args.guided, args.iterations, start_rate, end_rate, gradient_every=every)
+            settings = TransferSettings(args.guided, args.iterations, start_rate, end_rate, gradient_every=every,
+                                        inject_blocks=(0,) if inject else ())
             guided, guided_s = generate(transfer_sampler("euler", flows[window], settings, report), clip_seed)
             mf, pan = scores(guided, reference_tracks, reference_pan)
             rows[name].append({"mf_guided": mf, "pan_match_guided": pan, "seconds_guided": guided_s,

@@ -165,7 +165,8 @@ class MotionFlow:
     displacement: block -> [P, h*w, 2] (x, y) patches; confidence: block -> [P, h*w]; pairs: the P (source,
     target) latent frames; grid: (h, w) tokens; latent_frames: T of the reference's latent; positions: the
     source-frame position of each latent frame; frame_size: (height, width) pixels; model: the family's name;
-    temperature: the τ it was read with (guidance must use the same).
+    temperature: the τ it was read with (guidance must use the same); latent: the reference's clean latent
+    [1, C, T, h, w] as its VAE gave it (CPU), for injecting its keys and values during guidance, or None.
     """
 
     displacement: dict[int, torch.Tensor]
@@ -177,6 +178,7 @@ class MotionFlow:
     frame_size: tuple[int, int]
     model: str
     temperature: float
+    latent: torch.Tensor | None = None
 
     def from_frame(self, block: int, source: int) -> torch.Tensor:
         """[T, h, w, 2]: the displacement of each token of latent frame `source` to every latent frame (zero to

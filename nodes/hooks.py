@@ -54,7 +54,7 @@ class SelfAttentionCall:
     func: Callable
     args: tuple
     kwargs: dict
-    run: Callable[[], torch.Tensor]  # the real attention (through any override already installed)
+    run: Callable[..., torch.Tensor]  # the real attention (through any override already installed), on args or these
 
     def _heads_first(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.kwargs.get("skip_reshape", False):
@@ -62,6 +62,13 @@ class SelfAttentionCall:
         heads = self.kwargs["heads"] if "heads" in self.kwargs else self.args[3]
         b, length, width = tensor.shape
         return tensor.view(b, length, heads, width // heads).transpose(1, 2)
+
+    def run_with(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The real attention with the video tokens' keys and values replaced by k, v [B or 1, H, L_video, D]."""
+        keys, values = self.args[1].clone(), self.args[2].clone()
+        self._heads_first(keys)[:, :, self.video] = k.to(keys.dtype)  # a view: writes into keys
+        self._heads_first(values)[:, :, self.video] = v.to(values.dtype)
+        return self.run((self.args[0], keys, values, *self.args[3:]))
 
     @property
     def text(self) -> slice:
@@ -185,7 +192,7 @@ class AttentionHook:
 
     def _dispatch(self, block: int, info: ForwardInfo, image_tokens: int, previous: Callable | None,
                   func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-        run = lambda: call_through(previous, func, args, kwargs)  # noqa: E731
+        run = lambda given=args: call_through(previous, func, given, kwargs)  # noqa: E731
         video = self._video_span(block, info, image_tokens)
         return self.on_self_attention(SelfAttentionCall(block, info, video, image_tokens, func, args, kwargs, run))
 

@@ -137,6 +137,11 @@ class MotionTransferSampler(io.ComfyNode):
                 io.Float.Input("huber", default=defaults.loss.huber, min=0.0, max=100.0, step=0.1,
                                tooltip="Huber's δ in patches: errors beyond it count linearly, so outliers pull less; "
                                        "0 = squared error (DiTFlow)."),
+                io.Boolean.Input("inject_reference", default=bool(defaults.inject_blocks),
+                                 tooltip="On the guided steps, block 0's self-attention takes its keys and values from "
+                                         "the reference noised to the step's level with the run's own noise "
+                                         "(DiTFlow's injection): the generation starts from the reference's layout. "
+                                         "One more forward of block 0 per guided step."),
                 io.Boolean.Input("checkpoint_blocks", default=defaults.checkpoint_blocks,
                                  tooltip="Recompute the blocks before the guidance block in each backward pass instead "
                                          "of keeping them: the same guidance in a fraction of the memory (Wan 1.3B, "
@@ -147,10 +152,10 @@ class MotionTransferSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, motion_flow, sampler_name, guided_percent, iterations, gradient_every, rate_start, rate_end,
-                moving_only, min_confidence, max_displacement, huber, checkpoint_blocks) -> io.NodeOutput:
+                moving_only, min_confidence, max_displacement, huber, inject_reference, checkpoint_blocks) -> io.NodeOutput:
         loss = FlowLoss(moving_only, min_confidence, max_displacement or None, huber)
         settings = TransferSettings(guided_percent, iterations, rate_start, rate_end, loss, checkpoint_blocks,
-                                    gradient_every)
+                                    gradient_every, (0,) if inject_reference else ())
         return io.NodeOutput(transfer_sampler(sampler_name, motion_flow, settings))
 
 

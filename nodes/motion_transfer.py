@@ -45,7 +45,7 @@ def motion_flow(model, latent: torch.Tensor, positions: tuple[float, ...], frame
     grid = features.token_grid
     features.release()
     return MotionFlow(displacement, confidence, pairs, grid, latent.shape[2], positions, frame_size, adapter.name,
-                      temperature)
+                      temperature, latent.detach().cpu())
 
 
 def frozen(function: Callable) -> Callable:
@@ -108,6 +108,25 @@ class FlowProbe(AttentionHook):
         return call.run()
 
 
+class ReferenceKV(AttentionHook):
+    """DiTFlow's key/value injection. While `recording`, a forward keeps its first row's video keys and values at
+    each of the blocks and stops after the deepest; otherwise every row's video tokens attend to those recorded
+    keys and values instead of their own (the generation takes the reference's layout at those blocks)."""
+
+    def __init__(self, adapter, diffusion_model, blocks: list[int]):
+        super().__init__(adapter, diffusion_model, blocks)
+        self.recording = False
+        self.recorded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> ([1, H, L, D] keys, values)
+
+    def on_self_attention(self, call: SelfAttentionCall) -> torch.Tensor:
+        if self.recording:
+            self.recorded[call.block] = (call.k[:1, :, call.video].clone(), call.v[:1, :, call.video].clone())
+            if call.block == self.blocks[-1]:
+                raise ForwardStopped()
+            return call.run()
+        return call.run_with(*self.recorded[call.block])
+
+
 @dataclass
 class TransferSettings:
     """DiTFlow's schedule: the first `guided_share` of the steps guided, `iterations` Adam steps on the latent
@@ -128,6 +147,7 @@ class TransferSettings:
     loss: FlowLoss = field(default_factory=FlowLoss)
     checkpoint_blocks: bool = True  # recompute the blocks before the deepest guidance block in the backward pass
     gradient_every: int = 3  # a forward and backward on every n-th iteration of a step; 1 = all, as published
+    inject_blocks: tuple[int, ...] = ()  # blocks whose keys and values come from the noised reference on guided steps
 
     def __post_init__(self):
         if self.gradient_every < 1:
@@ -189,17 +209,46 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
         check_flow_fits(flow, x, adapter.token_grid(base_model.diffusion_model, x.shape))
         steps = len(sigmas) - 1
         guided = settings.guided_steps(steps) if settings.iterations > 0 else 0
+        overlap = sorted(set(settings.inject_blocks) & set(flow.displacement))
+        if overlap:
+            raise ValueError(f"Block {overlap[0]} is both a guidance block and an injection block: its attention "
+                             "would compare the generation with the reference's own keys. Inject at earlier blocks "
+                             "(DiTFlow: block 0) than the guidance blocks.")
+        if settings.inject_blocks and flow.latent is None:
+            raise ValueError("This motion flow holds no reference latent to inject keys and values from: read it "
+                             "again with Motion Flow from Video, or turn injection off.")
+        plain_options = extra_args.get("model_options", {})
 
         def shifted(offset: int):
             return None if callback is None else (lambda d: callback({**d, "i": d["i"] + offset}))
 
-        def loss_of(sigma: torch.Tensor):
+        def with_reference(sigma: torch.Tensor) -> dict:
+            """model_options whose forwards at this step take the injection blocks' keys and values from the
+            reference noised to σ with the run's own noise (DiTFlow), read by one forward of the positive
+            conditioning stopped after the deepest injection block."""
+            if not settings.inject_blocks:
+                return plain_options
+            injector = ReferenceKV(adapter, base_model.diffusion_model, list(settings.inject_blocks))
+            reference = base_model.process_latent_in(flow.latent.to(x.device, x.dtype))
+            noisy = base_model.model_sampling.noise_scaling(sigma.view(1), model_k.noise.to(x), reference)
+            injector.recording = True
+            try:
+                comfy.samplers.calc_cond_batch(base_model, [guider.conds["positive"]], noisy, sigma.view(1),
+                                               injector.install_options(plain_options))
+            except ForwardStopped:
+                pass
+            injector.recording = False
+            return injector.install_options(plain_options)
+
+        def loss_of(sigma: torch.Tensor, step_options: dict):
             def loss(latent: torch.Tensor) -> torch.Tensor:
                 probe = FlowProbe(adapter, base_model.diffusion_model, flow)
-                options = probe.install_options(extra_args.get("model_options", {}))
-                if settings.checkpoint_blocks:  # the guidance blocks themselves run as they are: their probe reads them
+                options = probe.install_options(step_options)
+                if settings.checkpoint_blocks:  # hooked blocks run as they are: a recompute in the backward pass
+                    # happens outside the forward, where hooks stand aside, and would differ from what was saved
+                    hooked = set(probe.blocks) | set(settings.inject_blocks)
                     options = checkpointed_blocks(options, adapter, [b for b in range(probe.blocks[-1])
-                                                                     if b not in probe.blocks])
+                                                                     if b not in hooked])
                 try:
                     comfy.samplers.calc_cond_batch(base_model, [guider.conds["positive"]], latent,
                                                    sigma * latent.new_ones([latent.shape[0]]), options)
@@ -211,13 +260,14 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
             return loss
 
         for step in range(guided):
+            step_options = with_reference(sigmas[step])
             with differentiable_forwards(adapter, base_model.diffusion_model):
-                x, losses = optimise_latent(loss_of(sigmas[step]), x, settings.iterations, settings.rate(step, guided),
-                                            settings.gradient_every)
+                x, losses = optimise_latent(loss_of(sigmas[step], step_options), x, settings.iterations,
+                                            settings.rate(step, guided), settings.gradient_every)
             if report is not None:
                 report.append(losses)
-            x = base_function(model_k, x, sigmas[step:step + 2], extra_args=extra_args, callback=shifted(step),
-                              disable=True)
+            x = base_function(model_k, x, sigmas[step:step + 2], extra_args={**extra_args, "model_options": step_options},
+                              callback=shifted(step), disable=True)
         if guided == steps:
             return x
         return base_function(model_k, x, sigmas[guided:], extra_args=extra_args, callback=shifted(guided),

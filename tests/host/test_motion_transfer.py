@@ -3,6 +3,7 @@ inside a real ComfyUI sampling run; zero iterations leave sampling bit for bit a
 latent only; the RoPE swap is undone even after an error."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import pytest
@@ -32,21 +33,23 @@ def trained():
     return model, flow
 
 
-def sample_with(model, flow, sampler) -> torch.Tensor:
-    """A real sampling run of `sampler` at the reference's latent layout (cfg 2, 5 steps, fixed noise)."""
+def sample_with(model, flow, sampler, first_step: int = 0) -> torch.Tensor:
+    """A real sampling run of `sampler` at the reference's latent layout (cfg 2, 5 steps from `first_step` on, fixed
+    noise)."""
     latent = torch.zeros(1, 16, flow.latent_frames, SIZE // 8, SIZE // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
     guider.set_cfg(2.0)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 5)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 5)[first_step:]
     return guider.sample(noise, latent, sampler, sigmas, seed=3, disable_pbar=True)
 
 
-def generate(model, flow, settings: TransferSettings | None, base: str = "euler", report=None) -> torch.Tensor:
+def generate(model, flow, settings: TransferSettings | None, base: str = "euler", report=None,
+             first_step: int = 0) -> torch.Tensor:
     """sample_with the guided sampler, or the plain `base` sampler when settings is None."""
     return sample_with(model, flow, transfer_sampler(base, flow, settings, report) if settings is not None
-                       else comfy.samplers.sampler_object(base))
+                       else comfy.samplers.sampler_object(base), first_step)
 
 
 def test_zero_iterations_sample_bit_for_bit_as_the_plain_sampler(trained):
@@ -137,6 +140,68 @@ def test_gradient_reuse_in_sampling_computes_fewer_gradients_and_still_lowers_th
     every = generate(model, flow, TransferSettings(guided_share=0.4, iterations=4, rate_start=0.05, rate_end=0.05,
                                                    gradient_every=1))
     assert not torch.equal(guided, every)
+
+
+@pytest.mark.parametrize("skip_reshape", [False, True])
+def test_run_with_replaces_the_video_tokens_keys_and_values_only(skip_reshape):
+    """SelfAttentionCall.run_with in both layouts a backend may receive ([B, L, H*D] with the head count, or
+    [B, H, L, D]): the attention of the queries over keys and values whose video positions are the given ones."""
+    from difftrack_pack.nodes.hooks import SelfAttentionCall
+
+    generator = torch.Generator().manual_seed(0)
+    rows, heads, length, dim, video = 2, 2, 7, 4, slice(1, 6)
+    q, k, v = (torch.randn(rows, heads, length, dim, generator=generator) for _ in range(3))
+    k_new, v_new = (torch.randn(1, heads, 5, dim, generator=generator) for _ in range(2))
+
+    def attention(q, k, v, heads, skip_reshape=False):  # a backend: [B, L, H*D] out
+        if not skip_reshape:
+            q, k, v = (t.view(rows, length, heads, dim).transpose(1, 2) for t in (q, k, v))
+        out = torch.softmax(q @ k.transpose(-1, -2) / dim ** 0.5, dim=-1) @ v
+        return out.transpose(1, 2).reshape(rows, length, heads * dim)
+
+    given = lambda t: t if skip_reshape else t.transpose(1, 2).reshape(rows, length, heads * dim)  # noqa: E731
+    args, kwargs = (given(q), given(k), given(v), heads), {"skip_reshape": skip_reshape}
+    call = SelfAttentionCall(0, None, video, length, attention, args, kwargs,
+                             lambda args=args: attention(*args, **kwargs))
+    keys, values = k.clone(), v.clone()
+    keys[:, :, video], values[:, :, video] = k_new, v_new
+    expected = (torch.softmax(q @ keys.transpose(-1, -2) / dim ** 0.5, dim=-1) @ values).transpose(1, 2)
+    torch.testing.assert_close(call.run_with(k_new, v_new), expected.reshape(rows, length, heads * dim))
+    assert torch.equal(call.k, k) and torch.equal(call.v, v)  # the call's own tensors are left as they were
+
+
+def test_injecting_the_generations_own_keys_and_values_changes_nothing(trained):
+    """A reference equal to the generation's empty latent (in the model's latent space: ComfyUI leaves an all-zero
+    latent image unshifted), noised with the run's noise, has the generation's own keys and values at block 0 on
+    the first step; with a learning rate of 0 the guided step is then the plain one. The run starts below σ 1 (at
+    σ 1 any reference is all noise); there the real reference's keys and values change the generation."""
+    model, flow = trained
+    own = dataclasses.replace(flow, latent=model.model.process_latent_out(torch.zeros_like(flow.latent)))
+    settings = TransferSettings(guided_share=0.25, iterations=1, rate_start=0.0, rate_end=0.0, inject_blocks=(0,))
+    plain = generate(model, flow, None, first_step=1)
+    torch.testing.assert_close(generate(model, own, settings, first_step=1), plain, rtol=0, atol=1e-4)  # batch 1 vs 2
+    assert (generate(model, flow, settings, first_step=1) - plain).abs().max() > 0.1
+
+
+def test_injection_with_checkpointed_blocks_gives_the_same_guidance(trained):
+    """Block 0 takes the reference's keys and values, blocks 1-6 are recomputed in the backward pass: the losses
+    of every iteration equal those of keeping the whole graph."""
+    model, flow = trained
+    reports = {}
+    for checkpoint in (False, True):
+        reports[checkpoint] = []
+        generate(model, flow, TransferSettings(guided_share=0.4, iterations=2, rate_start=0.05, rate_end=0.05,
+                                               gradient_every=1, inject_blocks=(0,), checkpoint_blocks=checkpoint),
+                 report=reports[checkpoint])
+    torch.testing.assert_close(torch.tensor(reports[True]), torch.tensor(reports[False]), rtol=1e-4, atol=1e-5)
+
+
+def test_injection_at_a_guidance_block_or_without_a_reference_latent_is_refused(trained):
+    model, flow = trained
+    with pytest.raises(ValueError, match="both a guidance block and an injection block"):
+        generate(model, flow, TransferSettings(inject_blocks=(7,)))
+    with pytest.raises(ValueError, match="holds no reference latent"):
+        generate(model, dataclasses.replace(flow, latent=None), TransferSettings(inject_blocks=(0,)))
 
 
 def test_the_rope_swap_is_undone_after_an_error(trained):
