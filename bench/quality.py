@@ -1,13 +1,13 @@
 """Tracking quality on synthetic clips with exact ground truth, for every read-out, against three baselines.
 
     python bench/quality.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
-                            [--unet <dit.safetensors> --vae <vae.safetensors>]
+                            [--blocks 7] [--unet <dit.safetensors> --vae <vae.safetensors>]
 
 The models default to the tiny DiT and VAE in assets/tiny_wan/ (bench/train_tiny.py
 trained them on "fast" clips, never on seeds this script draws). Each clip
 (ditcorr.synthetic, 256x256 by default, seeded from S, in the chosen motion regime)
 is encoded per frame and run through the same code as the nodes (extract_from_latent,
-track_points) for every block; queries are on frame 0, scored TAP-Vid style on the
+track_points) for every block (or the --blocks listed, e.g. a known best one on a CPU); queries are on frame 0, scored TAP-Vid style on the
 256x256 raster. --picture PATH also draws the first three clips' tracks. Prints one JSON line, metrics in percent as TAP-Vid tables report them
 (jitter in pixels): `readouts` gives, for argmax, refined and refined+pixel at the best
 block (by the default read-out, refined+pixel), delta_1 .. delta_16, delta_avg, aj, oa
@@ -136,9 +136,11 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.2)
     parser.add_argument("--motion", default="fast", help="motion regime of the clips: fast, slow, static-camera, mixed")
     parser.add_argument("--picture", default="", help="also draw the first clips' tracks, every read-out, as a PNG here")
+    parser.add_argument("--blocks", default="", help="comma-separated blocks to run (default: every block)")
     args = parser.parse_args()
     bench.start(args)
     print(json.dumps(evaluate(args.unet, args.vae, args.seed, args.clips, args.size, args.frames, sigma=args.sigma,
+                              blocks=[int(b) for b in args.blocks.split(",")] if args.blocks else None,
                               motion=args.motion, picture=args.picture)))
 
 
