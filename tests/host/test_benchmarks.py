@@ -37,8 +37,8 @@ def run(script: str, *args: str) -> dict:
      {"grid", "best_block_by_gt", "best_sigma_by_gt", "auto_block", "auto_sigma", "best_delta_avg", "auto_delta_avg",
       "seconds"}),
     ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2"), {"generated", "real", "meets", "seconds"}),
-    ("motion_transfer.py", ("--cost", "--steps", "5", "--frame-windows", "0,1"),
-     {"plain_s", "by_frame_window", "guided_steps", "iterations"}),
+    ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2"),
+     {"plain_s", "by_schedule", "guided_steps", "iterations"}),
 ])
 def test_benchmark_prints_its_json_line(script, args, keys):
     out = run(script, *args)
@@ -50,8 +50,11 @@ def test_benchmark_prints_its_json_line(script, args, keys):
     if script == "extract_e2e.py":  # per-frame: a latent frame per frame; native: Wan's 4x temporal compression
         assert out["latent_frames"] == 9 and out["native"]["latent_frames"] == 3
         assert out["total_s"] >= out["encode_s"] > 0 and sorted(out["encode_s_by_max_batch"]) == ["1", "4"]
-    if script == "motion_transfer.py":  # 5 latent frames: 20 ordered pairs, 8 of them neighbours
-        assert {w: r["pairs"] for w, r in out["by_frame_window"].items()} == {"0": 20, "1": 8} and out["guided_steps"] == 1
+    if script == "motion_transfer.py":  # 5 latent frames: 20 ordered pairs, 8 of them neighbours; one guided step of
+        # 5 iterations: a gradient on each, or on iterations 0, 2 and 4
+        schedules = out["by_schedule"]
+        assert {name: (r["pairs"], r["gradients"]) for name, r in schedules.items()} == {"0:1": (20, 5), "1:2": (8, 3)}
+        assert out["guided_steps"] == 1
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
     if script == "generation.py":  # the rendered clips are the yardstick: they pan coherently, their sprites persist
