@@ -82,15 +82,18 @@ def _offsets(radius: int, device) -> torch.Tensor:
     return torch.stack([dx.flatten(), dy.flatten()], dim=1)
 
 
-def _sample(images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of images [G, 1, h, w] at points [G, ..., 2] (x, y) pixels of that level, group g read from
-    image g. Returns [G, ...]. Outside the image the border value is read."""
-    h, w = images.shape[-2:]
-    flat = points.flatten(1, -2)
-    # Python scalars, not a tensor made here: a small host-to-device copy would stall the GPU queue every call.
-    unit = torch.stack([flat[..., 0] * (2.0 / w) - 1, flat[..., 1] * (2.0 / h) - 1], dim=-1)
-    values = F.grid_sample(images, unit[:, :, None], mode="bilinear", padding_mode="border", align_corners=False)
-    return values.view(points.shape[:-1])
+def _pixels_to_unit(width: int, height: int, device: torch.device) -> torch.Tensor:
+    """[2] the factors that take (x, y) pixels of a width x height image to grid_sample's [-1, 1] span (less 1).
+    Filled on the device: a tensor copied from the host would stall the GPU queue."""
+    return torch.stack([torch.full((), 2.0 / width, device=device), torch.full((), 2.0 / height, device=device)])
+
+
+def _sample(images: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of images [G, 1, h, w] at points unit [G, ..., 2] in [-1, 1] frame coordinates (grid_sample's
+    (x, y), -1 and 1 the outer edges), group g read from image g. Returns [G, ...]. Outside, the border value."""
+    values = F.grid_sample(images, unit.flatten(1, -2)[:, :, None], mode="bilinear", padding_mode="border",
+                           align_corners=False)
+    return values.view(unit.shape[:-1])
 
 
 def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, template_at: torch.Tensor,
@@ -104,48 +107,66 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
     the first guess in its target frame. The patch is weighted by a Gaussian of half its width, so its centre
     counts most, and by how close each pixel's grey level is to the centre's (`similarity`; a bilateral support
     weight): a point on the background next to a moving sprite's outline follows the background, not the
-    outline's strong edge. Patches are compared after removing their mean and contrast. Returns where each patch's
-    centre lands in its target frame, with the residual and texture of the finest level.
+    outline's strong edge. Patches are compared after removing their (weighted) mean and contrast: the mismatch is
+    e = (t - mean(t)) c_T / c_t - T for a target patch t, the centred template T and their contrasts c. Returns
+    where each patch's centre lands in its target frame, with the residual and texture of the finest level.
+
+    The mismatch is never formed: with weights w (sum 1) and the template and its gradients gx, gy centred,
+    sum(w gx e) = (c_T / c_t) sum(w gx t) - sum(w gx T), c_t^2 = sum(w t^2) - sum(w t)^2 and
+    sum(w e^2) = 2 c_T^2 - 2 (c_T / c_t) sum(w T t), so each update reads the target patch into four weighted sums
+    (tests/core/test_refine.py writes the mismatch out and compares).
     """
-    offsets = _offsets(settings.radius, start.device)  # [K, 2]
-    wide = _offsets(settings.radius + 1, start.device)  # one pixel wider, for the template's central differences
+    device = start.device
+    offsets = _offsets(settings.radius, device)  # [K, 2]
+    wide = _offsets(settings.radius + 1, device)  # one pixel wider, for the template's central differences
     side = 2 * settings.radius + 3
     spatial = torch.exp(-(offsets ** 2).sum(-1) / (2 * (settings.radius / 2 + 0.5) ** 2))  # [K]
     groups, count = start.shape[:2]
     here = start.float()
     for level in reversed(range(len(target_pyramid))):
         targets = target_pyramid[level][target_frames]  # selected once per level, read every iteration
+        to_unit = _pixels_to_unit(targets.shape[-1], targets.shape[-2], device)
+        template_images = template_pyramid[level][template_frames]
+        template_unit = _pixels_to_unit(template_images.shape[-1], template_images.shape[-2], device)
         # Template and its gradient from a patch one pixel wider (central differences), once per level.
-        patch = _sample(template_pyramid[level][template_frames], (template_at * 0.5 ** level)[:, :, None] + wide)
+        patch = _sample(template_images, ((template_at * 0.5 ** level)[:, :, None] + wide) * template_unit - 1)
         patch = patch.view(template_at.shape[0], count, side, side)
         values = patch[:, :, 1:-1, 1:-1].flatten(2)  # [Gt, N, K]
         centre = values[..., offsets.shape[0] // 2, None]
         weight = spatial * torch.exp(-(values - centre) ** 2 / (2 * settings.similarity ** 2))
         weight = weight / weight.sum(-1, keepdim=True)  # [Gt, N, K]
         centred = lambda values, weight=weight: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
-        contrast = lambda values, weight=weight: (values ** 2 * weight).sum(-1, keepdim=True).sqrt().clamp(min=1e-6)  # noqa: E731
         template = centred(values)
-        template_contrast = contrast(template)
+        template_contrast = (template ** 2 * weight).sum(-1).sqrt().clamp(min=1e-6)  # [Gt, N]
         gx = centred(((patch[:, :, 1:-1, 2:] - patch[:, :, 1:-1, :-2]) / 2).flatten(2))
         gy = centred(((patch[:, :, 2:, 1:-1] - patch[:, :, :-2, 1:-1]) / 2).flatten(2))
-        hxx, hxy, hyy = (gx * gx * weight).sum(-1), (gx * gy * weight).sum(-1), (gy * gy * weight).sum(-1)
+        weighted_gx, weighted_gy = weight * gx, weight * gy
+        hxx, hxy, hyy = (weighted_gx * gx).sum(-1), (weighted_gx * gy).sum(-1), (weighted_gy * gy).sum(-1)
         determinant = (hxx * hyy - hxy ** 2).clamp(min=1e-12)
+        gx_template, gy_template = (weighted_gx * template).sum(-1), (weighted_gy * template).sum(-1)
+        patch_unit = offsets * to_unit  # [K, 2]
 
-        def mismatch(centre: torch.Tensor) -> torch.Tensor:
-            """Target patch minus template, both centred and the target scaled to the template's contrast: a change
-            of brightness or contrast between frames is no motion."""
-            target = centred(_sample(targets, centre[:, :, None] + offsets))
-            return target * (template_contrast / contrast(target)) - template
+        def read(centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """The target patch around centre [G, N, 2] (this level's pixels): (patch [G, N, K], its contrast c_t
+            [G, N])."""
+            target = _sample(targets, (centre * to_unit - 1)[:, :, None] + patch_unit)
+            weighted = weight * target
+            contrast = ((weighted * target).sum(-1) - weighted.sum(-1) ** 2).clamp(min=0).sqrt().clamp(min=1e-6)
+            return target, contrast
 
         here = here * 0.5 ** level  # this level's pixels
         for _ in range(settings.iterations):
-            error = mismatch(here)
-            bx, by = (gx * error * weight).sum(-1), (gy * error * weight).sum(-1)
+            target, contrast = read(here)
+            scale = template_contrast / contrast
+            bx = scale * (weighted_gx * target).sum(-1) - gx_template
+            by = scale * (weighted_gy * target).sum(-1) - gy_template
             step = torch.stack([(hyy * bx - hxy * by) / determinant, (hxx * by - hxy * bx) / determinant], dim=-1)
             here = here - step.clamp(-settings.radius, settings.radius)
         here = here * 2 ** level  # back to full-resolution pixels
     # The loop ends on level 0, the frames themselves: its residual and texture decide trust.
-    residual = contrast(mismatch(here))[..., 0] / template_contrast[..., 0]
+    target, contrast = read(here)
+    correlation = (weight * template * target).sum(-1) / (contrast * template_contrast)
+    residual = (2 - 2 * correlation).clamp(min=0).sqrt()  # sqrt(sum(w e^2)) / c_T
     smallest = (hxx + hyy) / 2 - (((hxx - hyy) / 2) ** 2 + hxy ** 2).sqrt()
     return Alignment(here, residual, (smallest >= settings.min_texture).expand(groups, count))
 

@@ -84,6 +84,60 @@ def test_alignment_reaches_the_minimum_of_its_objective_found_by_exhaustive_sear
     assert (best - (points + shift[1])).norm(dim=-1).max() <= 0.25
 
 
+def lucas_kanade_written_out(image, template_at, start, settings, iterations):
+    """Translation-only Lucas–Kanade on one level, the mismatch formed pixel by pixel: image [2, 1, H, W] (frame 0
+    the template's, frame 1 the target), template_at and start [N, 2]. Returns (position [N, 2], residual [N])."""
+    r = settings.radius
+    steps = torch.arange(-r - 1, r + 2, dtype=torch.float32)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    wide = torch.stack([dx.flatten(), dy.flatten()], 1)
+    inner = (wide.abs() <= r).all(1)
+    h, w = image.shape[-2:]
+
+    def patch(frame, centres):  # [N, 2] -> [N, (2r+3)^2]
+        where = (centres[:, None] + wide) * torch.tensor([2 / w, 2 / h]) - 1
+        return torch.nn.functional.grid_sample(image[frame:frame + 1], where[None], padding_mode="border",
+                                               align_corners=False)[0, 0]
+
+    big = patch(0, template_at).view(-1, 2 * r + 3, 2 * r + 3)
+    values = big[:, 1:-1, 1:-1].flatten(1)
+    spatial = torch.exp(-(wide[inner] ** 2).sum(-1) / (2 * (r / 2 + 0.5) ** 2))
+    weight = spatial * torch.exp(-(values - values[:, values.shape[1] // 2, None]) ** 2 / (2 * settings.similarity ** 2))
+    weight = weight / weight.sum(1, keepdim=True)
+    centred = lambda v: v - (v * weight).sum(1, keepdim=True)  # noqa: E731
+    contrast = lambda v: (v ** 2 * weight).sum(1, keepdim=True).sqrt()  # noqa: E731
+    template = centred(values)
+    gx = centred(((big[:, 1:-1, 2:] - big[:, 1:-1, :-2]) / 2).flatten(1))
+    gy = centred(((big[:, 2:, 1:-1] - big[:, :-2, 1:-1]) / 2).flatten(1))
+    hessian = torch.stack([torch.stack([(w_ * a * b).sum(1) for a, b, w_ in ((gx, gx, weight), (gx, gy, weight))], 1),
+                           torch.stack([(weight * gy * gx).sum(1), (weight * gy * gy).sum(1)], 1)], 1)  # [N, 2, 2]
+    here = start.clone()
+    for _ in range(iterations):
+        target = centred(patch(1, here)[:, inner])
+        mismatch = target * contrast(template) / contrast(target) - template
+        b = torch.stack([(gx * mismatch * weight).sum(1), (gy * mismatch * weight).sum(1)], 1)
+        here = here - torch.linalg.solve(hessian, b).clamp(-r, r)
+    target = centred(patch(1, here)[:, inner])
+    mismatch = target * contrast(template) / contrast(target) - template
+    return here, (contrast(mismatch) / contrast(template))[:, 0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_alignment_equals_lucas_kanade_written_out(seed):
+    """align's updates, read from four weighted sums of the target patch, against the mismatch formed explicitly."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = shifted_frames(torch.tensor([[0.0, 0.0], [1.7, -2.4]]), seed=seed)
+    image = grey_pyramid(frames.mean(dim=-1), 1)[0]
+    settings = PixelSettings(iterations=3)
+    points = 20 + torch.rand(40, 2, generator=generator) * 56
+    start = points + torch.tensor([1.7, -2.4]) + (torch.rand(40, 2, generator=generator) - 0.5) * 6
+    found = align([image], torch.tensor([0]), points[None], [image], torch.tensor([1]), start[None], settings)
+    position, residual = lucas_kanade_written_out(image, points, start, settings, settings.iterations)
+    assert torch.allclose(found.position[0], position, atol=1e-3)
+    assert torch.allclose(found.residual[0], residual, atol=1e-3)
+    assert found.textured.all() and (residual < 0.25).float().mean() > 0.5  # mostly aligned: not degenerate cases
+
+
 def test_pyramid_levels_cover_the_reach():
     assert levels_for(4, 5) == 1 and levels_for(16, 5) == 3 and levels_for(16, 4) == 3 and levels_for(17, 4) == 4
 
