@@ -10,9 +10,13 @@ points from frame 0 through all F frames on the model's device (the chosen
 read-out, default refined+pixel, with the cycle check; features stored elsewhere
 are streamed there a chunk at a time; the frames for the pixel step start in CPU
 memory, as a ComfyUI IMAGE does); dit_track_s, the same with the refined read-out
-(the DiT's part alone); peak_extra_mem_gib, device memory tracking needs on top of the model
-and whatever the features occupy. Medians of repeats. forward_vs_gpu and
-track_to_forward_ratio compare within the run; tracks_equal says the tracks
+(the DiT's part alone); torch_ops_track_s, the chosen read-out with the cost maps from
+torch ops instead of the fused kernel (ditcorr.fused; the same off CUDA), and
+fused_vs_torch_ops_px, how far the refined read-out's points move between the two;
+pixel_s, the pixel step alone on the refined tracks, and pixel_frames_on_device_s, the
+same with the frames already on the device; peak_extra_mem_gib, device memory tracking
+needs on top of the model and whatever the features occupy. Medians of repeats.
+forward_vs_gpu and track_to_forward_ratio compare within the run; tracks_equal says the tracks
 are the same whatever the storage.
 """
 from __future__ import annotations
@@ -53,6 +57,7 @@ def main() -> None:
     run = bench.random_model_run(args, SIZES)
 
     from difftrack_pack.ditcorr import DeviceWindow
+    from difftrack_pack.ditcorr.refine import refine_tracks
     from difftrack_pack.ditcorr.track import TrackSettings, track_points
     from difftrack_pack.nodes.capture import CaptureRequest
     from difftrack_pack.nodes.extract import extract_from_latent
@@ -68,19 +73,33 @@ def main() -> None:
 
         features = extract()  # warm-up
         # A fresh window per call, as each Track Points run makes: its first chunk's copy is part of the cost.
-        track = lambda readout=args.readout: track_points(  # noqa: E731
-            features.select_many(), queries, frame_size, args.frames, TrackSettings(readout=readout),
-            device_window=DeviceWindow(args.device), frames=frames)
-        track()  # warm-up
+        track = lambda readout=args.readout, fused_kernel=True: track_points(  # noqa: E731
+            features.select_many(), queries, frame_size, args.frames,
+            TrackSettings(readout=readout, fused_kernel=fused_kernel), device_window=DeviceWindow(args.device),
+            frames=frames)
+        track()  # warm-up (and the kernel's compilation)
         if args.profile:
             run.profile(track, f"tracking, {storage} storage")
-        forward_times, track_times, dit_times = [], [], []
+        forward_times, track_times, dit_times, torch_ops_times = [], [], [], []
         for _ in range(args.repeats):
             seconds, features = run.timed(extract)
             forward_times.append(seconds)
             seconds, tracks = run.timed(track)
             track_times.append(seconds)
             dit_times.append(run.timed(lambda: track("refined"))[0])
+            torch_ops_times.append(run.timed(lambda: track(fused_kernel=False))[0])
+        # The fused kernel against the torch ops on the DiT read-out, where it acts: how far the tracks move.
+        coarse = track("refined")
+        moved = (coarse.path - track("refined", fused_kernel=False).path).norm(dim=-1)
+        # The pixel step alone on those tracks, its frames in CPU memory (as tracking gets them) or already on the device.
+        grid = features.select_many()[0][0][1].q.shape[2:4]
+        pixel = lambda video: refine_tracks(video, queries, coarse.path, coarse.visible,  # noqa: E731
+                                            (frame_size[1] / grid[1], frame_size[0] / grid[0]))
+        on_device = frames.to(args.device)
+        pixel(on_device)
+        pixel_times = [run.timed(lambda: pixel(frames))[0] for _ in range(args.repeats)]
+        pixel_on_device_times = [run.timed(lambda: pixel(on_device))[0] for _ in range(args.repeats)]
+        del on_device
         if run.cuda:
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
@@ -92,10 +111,15 @@ def main() -> None:
         result = {"forward_s": round(forward_s, 4), "track_s": round(track_s, 4),
                   "dit_track_s": round(statistics.median(dit_times), 4),
                   "track_to_forward_ratio": round(track_s / forward_s, 4), "peak_extra_mem_gib": extra_mem,
+                  "torch_ops_track_s": round(statistics.median(torch_ops_times), 4),
+                  "pixel_s": round(statistics.median(pixel_times), 4),
+                  "pixel_frames_on_device_s": round(statistics.median(pixel_on_device_times), 4),
+                  "fused_vs_torch_ops_px": {"max": round(moved.max().item(), 4), "mean": round(moved.mean().item(), 5)},
                   "features": features.storage, "chunks": len(features.chunk_frames),
                   "visible_fraction": round(tracks.visible.float().mean().item(), 3),
                   "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times],
-                            "dit_track": [round(t, 4) for t in dit_times]}}
+                            "dit_track": [round(t, 4) for t in dit_times],
+                            "torch_ops_track": [round(t, 4) for t in torch_ops_times]}}
         features.release()
         return result, tracks.path.cpu()
 

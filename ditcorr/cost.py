@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .features import QK, FeatureChunk
+from .fused import available, head_mean_softmax
 from .streaming import DeviceWindow
 
 
@@ -61,6 +62,17 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1, out=logits)
 
 
+def head_mean_probabilities(query: torch.Tensor, keys: torch.Tensor, scale: float = 1.0,
+                            fused_kernel: bool = True) -> torch.Tensor:
+    """mean over heads of softmax over keys of scale * query . key: query [G, H, N, d], keys [G, H, M, d] ->
+    [G, N, M] float32. fused_kernel: the Triton kernel where it runs (ditcorr.fused: CUDA), without the float32
+    [G, H, N, M] logits the torch ops go through (the path everywhere else, and the kernel's reference)."""
+    if fused_kernel and available(query.device, query.shape[-1]):
+        return head_mean_softmax(query, keys, scale)
+    logits = scores(query, keys.transpose(-1, -2))
+    return softmax_(logits if scale == 1.0 else logits.mul_(scale)).mean(1)
+
+
 def _frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
     """[H, T, h, w, d] -> [G, H, M, d] for the listed token frames."""
     heads, _, h, w, d = qk_part.shape
@@ -68,47 +80,51 @@ def _frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
 
 
 def forward_rows(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
-                 temperature: float | None = None) -> torch.Tensor:
+                 temperature: float | None = None, fused_kernel: bool = True) -> torch.Tensor:
     """Where each query point goes, for G frame pairs: mean over heads of softmax over the target's tokens.
 
     source/target: captured QK ([heads, T, h, w, d]); *_frames: G token-frame
     indices inside each. points: [G, N, 2] (x, y) in [-1, 1] on each source
-    frame. temperature: sqrt(d) when None. Returns [G, N, h, w] (float32).
+    frame. temperature: sqrt(d) when None. fused_kernel: head_mean_probabilities'. Returns [G, N, h, w] (float32).
     """
     heads, _, h, w, d = target.q.shape
     tau = math.sqrt(d) if temperature is None else temperature
-    keys = _frames(target.k, target_frames).transpose(2, 3)  # [G, H, d, Md]
+    keys = _frames(target.k, target_frames)  # [G, H, Md, d]
     # Interpolated queries are rounded to the keys' precision: the precision the model's own attention works in.
     query = (sample_pairs(source.q[:, source_frames].transpose(0, 1), points) / tau).to(keys.dtype)  # [G, H, N, d]
-    return softmax_(scores(query, keys)).mean(1).view(len(target_frames), -1, h, w)
+    return head_mean_probabilities(query, keys, fused_kernel=fused_kernel).view(len(target_frames), -1, h, w)
 
 
 def backward_rows(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
-                  temperature: float | None = None, budget_bytes: int = 2**28) -> torch.Tensor:
+                  temperature: float | None = None, budget_bytes: int = 2**28,
+                  fused_kernel: bool = True) -> torch.Tensor:
     """Which target tokens come back to each query point, for G frame pairs: every target token's softmax over the
     source tokens, averaged over heads and sampled at the points (the two commute: both are linear). [G, N, h, w].
-    Target tokens go in slices that keep the [G, H, slice, Ms] maps within `budget_bytes`."""
+    With torch ops, target tokens go in slices that keep the [G, H, slice, Ms] logits within `budget_bytes`; the
+    fused kernel holds no such tensor and takes them all at once."""
     heads, _, h, w, d = target.q.shape
     tau = math.sqrt(d) if temperature is None else temperature
     hs, ws = source.q.shape[2:4]
-    k_src = _frames(source.k, source_frames).transpose(2, 3)  # [G, H, d, Ms]
+    k_src = _frames(source.k, source_frames)  # [G, H, Ms, d]
     q_dst = _frames(target.q, target_frames)  # [G, H, Md, d]
     pairs = len(target_frames)
-    step = max(1, budget_bytes // (4 * pairs * heads * hs * ws))  # float32 logits, turned into their softmax in place
+    whole = fused_kernel and available(q_dst.device, d)
+    step = q_dst.shape[2] if whole else max(1, budget_bytes // (4 * pairs * heads * hs * ws))
     rows = []
     for start in range(0, q_dst.shape[2], step):
-        maps = softmax_(scores(q_dst[:, :, start:start + step], k_src).mul_(1 / tau)).mean(1)  # [G, m, Ms]
+        maps = head_mean_probabilities(q_dst[:, :, start:start + step], k_src, 1 / tau, fused_kernel)  # [G, m, Ms]
         maps = maps.view(pairs, -1, hs, ws, 1)  # a map over the source frame per target token
         rows.append(sample_pairs(maps, points)[..., 0])  # [G, m, N]
     return torch.cat(rows, dim=1).transpose(1, 2).reshape(pairs, -1, h, w)
 
 
 def pair_costs(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
-               temperature: float | None = None, budget_bytes: int = 2**28) -> torch.Tensor:
+               temperature: float | None = None, budget_bytes: int = 2**28, fused_kernel: bool = True) -> torch.Tensor:
     """Symmetric cost of query points against every target token for G frame pairs, [G, N, h, w]: the mean of
     forward_rows and backward_rows (DiffTrack's cost volume, query rows only)."""
-    return 0.5 * (forward_rows(source, source_frames, target, target_frames, points, temperature)
-                  + backward_rows(source, source_frames, target, target_frames, points, temperature, budget_bytes))
+    return 0.5 * (forward_rows(source, source_frames, target, target_frames, points, temperature, fused_kernel)
+                  + backward_rows(source, source_frames, target, target_frames, points, temperature, budget_bytes,
+                                  fused_kernel))
 
 
 def point_cost(source: QK, source_frame: int, target: QK, target_frame: int, points: torch.Tensor,

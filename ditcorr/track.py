@@ -22,6 +22,7 @@ import torch
 
 from .cost import forward_rows, pair_costs, sample_tokens
 from .features import FeatureChunk
+from .fused import available
 from .refine import PixelSettings, prefetch_frames, refine_tracks
 from .streaming import DeviceWindow
 
@@ -51,6 +52,7 @@ class TrackSettings:
     min_confidence: float = 3.0  # cost peak over a flat map (1.0) below which a point counts as occluded
     point_batch: int = 1024  # query rows per cost computation
     memory_budget: int = 5 * 2**26  # bytes of float32 cost maps per batched computation (pairs x heads x rows x tokens)
+    fused_kernel: bool = True  # the cost maps' head mean by a Triton kernel on CUDA (ditcorr.fused); False: torch ops
     pixel: PixelSettings = field(default_factory=PixelSettings)  # the refined+pixel read-out's alignment
 
     @property
@@ -176,9 +178,11 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
     token_size = torch.tensor([width / grid[1], height / grid[0]], device=device)  # pixels per token (x, y)
     to_unit = torch.tensor([2.0 / width, 2.0 / height], device=device)  # pixels -> [-1, 1] frame coordinates
 
-    heads, _, h, w, _ = first.q.shape
-    # One float32 [pairs, heads, points, tokens] tensor: logits, turned into their softmax in place.
-    pairs_per_call = max(1, settings.memory_budget // (4 * heads * min(n, settings.point_batch) * h * w))
+    heads, _, h, w, d = first.q.shape
+    # One float32 [pairs, heads, points, tokens] tensor: logits, turned into their softmax in place; the fused
+    # kernel holds only their head mean.
+    held = 1 if settings.fused_kernel and available(device, d) else heads
+    pairs_per_call = max(1, settings.memory_budget // (4 * held * min(n, settings.point_batch) * h * w))
     for query_frame in frame.unique().tolist():
         anchor = min(positions, key=lambda p: abs(p - query_frame))
         # Target frames with the same holding chunks are computed together, a batch of frame pairs per call.
@@ -210,7 +214,7 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
                     device_window.prefetch(selections[i][c][1])
                 pairs = len(pair_targets)
                 anchors = [anchor] * pairs
-                options = dict(temperature=settings.temperature)
+                options = dict(temperature=settings.temperature, fused_kernel=settings.fused_kernel)
                 start_unit = (start_px * to_unit - 1).expand(pairs, -1, -1)
                 cost = _mean_over(holders, selections, device_window, pair_costs, anchors, pair_targets, start_unit,
                                   budget_bytes=settings.memory_budget, **options)
