@@ -74,9 +74,17 @@ def head_mean_probabilities(query: torch.Tensor, keys: torch.Tensor, scale: floa
 
 
 def _frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
-    """[H, T, h, w, d] -> [G, H, M, d] for the listed token frames."""
+    """[H, T, h, w, d] -> [G, H, M, d] for the listed token frames: a view, without a copy, when they are one frame
+    repeated (a query frame against many targets) or consecutive frames."""
     heads, _, h, w, d = qk_part.shape
-    return qk_part[:, frames].reshape(heads, len(frames), h * w, d).transpose(0, 1)
+    first = frames[0]
+    if all(frame == first for frame in frames):
+        chosen = qk_part[:, first:first + 1].expand(-1, len(frames), -1, -1, -1)
+    elif frames == list(range(first, first + len(frames))):
+        chosen = qk_part[:, first:first + len(frames)]
+    else:
+        chosen = qk_part[:, frames]
+    return chosen.reshape(heads, len(frames), h * w, d).transpose(0, 1)
 
 
 def forward_rows(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,

@@ -194,14 +194,16 @@ def refine_tracks(frames: torch.Tensor, queries: torch.Tensor, path: torch.Tenso
 
 def prefetch_frames(frames: torch.Tensor, queries: torch.Tensor, device: torch.device,
                     settings: PixelSettings = PixelSettings()) -> FrameCopier:
-    """A FrameCopier already copying what refine_tracks reads first for each query frame: call it before the coarse
-    tracking, so that the copies overlap it."""
+    """A FrameCopier already copying what refine_tracks reads first for each query frame (and the first query frame's
+    second chunk of frames): call it before the coarse tracking, so that the copies overlap it."""
     copier = FrameCopier(frames, device, grey=True)
     query_frames = queries[:, 2].round().long().cpu()
     for query_frame in query_frames.unique().tolist():
         copier.prefetch(query_frame, query_frame + 1)
     first = int(query_frames.min())
-    copier.prefetch(*frame_spans(frames.shape[0], int((query_frames == first).sum()), settings)[0][1])
+    # The first two chunks (what the refinement holds at once anyway): both copy while the DiT read-out runs.
+    for _, reads in frame_spans(frames.shape[0], int((query_frames == first).sum()), settings)[:2]:
+        copier.prefetch(*reads)
     return copier
 
 

@@ -73,3 +73,14 @@ def test_batched_pairs_equal_one_pair_at_a_time():
     torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-7)
     rows = forward_rows(qk, sources, qk, targets, points)
     torch.testing.assert_close(rows[2], forward_rows(qk, [3], qk, [2], points[2:3])[0], rtol=1e-5, atol=1e-7)
+
+
+def test_frames_are_views_where_they_can_be_and_equal_indexing_everywhere():
+    from difftrack_pack.ditcorr.cost import _frames
+
+    part = torch.randn(3, 7, 4, 5, 8)
+    for frames in ([2, 2, 2], [1, 2, 3, 4], [0], [5, 1, 5]):
+        expected = part[:, frames].reshape(3, len(frames), 20, 8).transpose(0, 1)
+        got = _frames(part, frames)
+        assert torch.equal(got, expected)
+        assert (got.untyped_storage().data_ptr() == part.untyped_storage().data_ptr()) == (frames != [5, 1, 5])
