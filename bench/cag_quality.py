@@ -67,9 +67,14 @@ def generate(model, vae, positive, seed: int, clips: int, steps: int, guidance: 
     samples = comfy_nodes.common_ksampler(guided, seed, steps, 1.0, "euler", "simple", positive, positive,
                                           latent)[0]["samples"]
     seconds = (time.perf_counter() - begin) / steps
-    frames = samples.transpose(1, 2).reshape(clips * FRAMES, -1, 1, *samples.shape[3:])  # one-frame clips
-    videos = vae.decode(frames).reshape(clips, FRAMES, SIZE, SIZE, 3)  # the tiny VAE decodes single frames
-    return list(videos), seconds
+    return decode_per_frame(vae, samples), seconds
+
+
+def decode_per_frame(vae, samples: torch.Tensor) -> list[torch.Tensor]:
+    """Latents [N, C, FRAMES, h, w] -> N clips [FRAMES, SIZE, SIZE, 3]: every latent frame decoded alone (the tiny
+    VAE's frames are encoded alone)."""
+    frames = samples.transpose(1, 2).reshape(-1, samples.shape[1], 1, *samples.shape[3:])  # one-frame clips
+    return list(vae.decode(frames).reshape(samples.shape[0], FRAMES, SIZE, SIZE, 3))
 
 
 def analysed_block(model, vae, seed: int) -> int:

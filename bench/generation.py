@@ -15,6 +15,11 @@ Prints one JSON line: `generated` and `real`, each with moving_fraction, coheren
 the mean over clips of each clip's mean pan), sprite_persistence (mean frames), persistent_fraction (clips whose
 sprites persist >= 10 of 13 frames), warp_error; and `meets`, the tiny-model acceptance: coherent_fraction >= 0.75,
 generated mean_speed >= half the real one, persistent_fraction >= 0.75.
+
+`--from-real 0.3,0.5,...` also samples from the rendered clips themselves, each encoded frame by frame and noised
+as KSampler's `denoise` does (the last `--steps` of a longer schedule), and reports the same metrics per denoise
+value under `from_real`, with the noise level the sampling starts from (`start_sigma`): where along the schedule
+the model keeps, or loses, the motion its input already has.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import time
 import torch
 
 from difftrack_devkit import bench
-from difftrack_bench.cag_quality import FRAMES, SIZE, clip_metrics, generate
+from difftrack_bench.cag_quality import FRAMES, SIZE, clip_metrics, decode_per_frame, generate
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 
 PERSISTENT_FRAMES = 10  # of 13: a sprite found again in this many frames in a row persists
@@ -58,6 +63,26 @@ def sampling_model(model, shift: float | None):
     return ModelSamplingSD3().patch(model, shift)[0]
 
 
+def from_real(model, vae, positive, clips: list[torch.Tensor], denoise: float, steps: int, seed: int,
+              batch: int) -> dict[str, float]:
+    """motion_summary of clips sampled from `clips` ([T, H, W, 3] each, encoded frame by frame) with KSampler's
+    `denoise`, plus the noise level the sampling starts from."""
+    import comfy.samplers
+    import nodes as comfy_nodes
+
+    from difftrack_pack.nodes.encoding import encode_frames
+
+    sampled = []
+    for first in range(0, len(clips), batch):
+        latent = torch.cat([encode_frames(vae, clip, "per_frame")[0] for clip in clips[first:first + batch]])
+        samples = comfy_nodes.common_ksampler(model, seed + first, steps, 1.0, "euler", "simple", positive, positive,
+                                              {"samples": latent}, denoise=denoise)[0]["samples"]
+        sampled += decode_per_frame(vae, samples)
+    schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", int(steps / denoise))
+    return {**motion_summary([clip_metrics(clip) for clip in sampled]),
+            "start_sigma": round(float(schedule[-(steps + 1)]), 4)}
+
+
 def main() -> None:
     parser = bench.parser(__doc__)
     parser.add_argument("--seed", type=int, default=1000)
@@ -66,6 +91,8 @@ def main() -> None:
     parser.add_argument("--shift", type=float, default=None, help="the flow sampler's shift (default: the model's)")
     parser.add_argument("--batch", type=int, default=4, help="clips sampled at once")
     parser.add_argument("--picture", default="", help="also write frames 0, 4, 8, 12 of two generated and two real clips")
+    parser.add_argument("--from-real", default="", help="comma-separated denoise values: also sample from the rendered "
+                                                        "clips partly noised (see above)")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
     args = parser.parse_args()
@@ -89,6 +116,9 @@ def main() -> None:
     real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES).frames for index in range(args.clips)]
     scores = {"generated": motion_summary([clip_metrics(clip) for clip in generated]),
               "real": motion_summary([clip_metrics(clip) for clip in real])}
+    if args.from_real:
+        scores["from_real"] = {value: from_real(model, vae, positive, real, float(value), args.steps, args.seed,
+                                                args.batch) for value in args.from_real.split(",")}
     if args.picture:
         frames = (0, 4, 8, 12)
         rows = {f"generated {i + 1}": [generated[i][f] for f in frames] for i in range(min(2, len(generated)))}
