@@ -30,7 +30,7 @@ from .streaming import FrameCopier
 @dataclass
 class PixelSettings:
     radius: int = 5  # patch half-width in pixels at every pyramid level: (2r+1)^2 pixels
-    iterations: int = 3  # Lucas–Kanade updates per pyramid level (6 measured: the same scores for twice the work)
+    iterations: int = 6  # Lucas–Kanade updates per pyramid level (3: the same scores on the benchmarks, see README)
     min_texture: float = 1e-5  # smallest structure-tensor eigenvalue per pixel (grey in [0, 1]) a template needs
     similarity: float = 0.1  # grey levels: a patch pixel's weight falls as a Gaussian of its difference from the centre's
     max_residual: float = 0.25  # RMS mismatch of the aligned patch over the template's contrast above which it is refused
