@@ -19,7 +19,10 @@ generated mean_speed >= half the real one, persistent_fraction >= 0.75.
 `--from-real 0.3,0.5,...` also samples from the rendered clips themselves, each encoded frame by frame and noised
 as KSampler's `denoise` does (the last `--steps` of a longer schedule), and reports the same metrics per denoise
 value under `from_real`, with the noise level the sampling starts from (`start_sigma`): where along the schedule
-the model keeps, or loses, the motion its input already has.
+the model keeps, or loses, the motion its input already has. `--one-step 0.5,0.9,...` reports, per noise level,
+how well one prediction of the clean latent from a noised one keeps its motion (`one_step`: the correlation of the
+predicted and the true latent's deviation from their own mean over time), for the rendered clips and for as many
+training clips (bench/train_tiny.py's seeds): equal values say the model did not memorise its training clips.
 """
 from __future__ import annotations
 
@@ -83,6 +86,26 @@ def from_real(model, vae, positive, clips: list[torch.Tensor], denoise: float, s
             "start_sigma": round(float(schedule[-(steps + 1)]), 4)}
 
 
+def one_step(model, vae, clips: list[torch.Tensor], levels: list[float], seed: int) -> dict[str, float]:
+    """Per noise level: the correlation between the temporal deviation (each latent pixel minus its mean over time)
+    of the clean latents of `clips` and of the model's one-step prediction of them from their noised versions
+    (Zero Conditioning: an all-zero text context)."""
+    from difftrack_pack.nodes.encoding import encode_frames
+
+    base = model.model
+    clean = base.process_latent_in(torch.cat([encode_frames(vae, clip, "per_frame")[0] for clip in clips]))
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    context = torch.zeros(len(clips), 1, 4096)
+    deviation = lambda latent: latent - latent.mean(dim=2, keepdim=True)  # noqa: E731
+    truth = deviation(clean)
+    correlations = {}
+    for level in levels:
+        noisy = clean + level * (noise - clean)
+        predicted = deviation(base.apply_model(noisy, torch.full((len(clips),), level), c_crossattn=context).float())
+        correlations[str(level)] = round(float((truth * predicted).sum() / (truth.norm() * predicted.norm())), 4)
+    return correlations
+
+
 def main() -> None:
     parser = bench.parser(__doc__)
     parser.add_argument("--seed", type=int, default=1000)
@@ -93,6 +116,8 @@ def main() -> None:
     parser.add_argument("--picture", default="", help="also write frames 0, 4, 8, 12 of two generated and two real clips")
     parser.add_argument("--from-real", default="", help="comma-separated denoise values: also sample from the rendered "
                                                         "clips partly noised (see above)")
+    parser.add_argument("--one-step", default="", help="comma-separated noise levels: one-step motion correlation on "
+                                                       "rendered and training clips (see above)")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
     args = parser.parse_args()
@@ -116,6 +141,14 @@ def main() -> None:
     real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES).frames for index in range(args.clips)]
     scores = {"generated": motion_summary([clip_metrics(clip) for clip in generated]),
               "real": motion_summary([clip_metrics(clip) for clip in real])}
+    if args.one_step:
+        from difftrack_bench.train_tiny import TRAIN_SEED_BASE
+        from difftrack_pack.ditcorr.synthetic import Scene
+
+        training = [Scene(TRAIN_SEED_BASE + index, (SIZE, SIZE), FRAMES).render() for index in range(args.clips)]
+        levels = [float(value) for value in args.one_step.split(",")]
+        scores["one_step"] = {"rendered": one_step(model, vae, real, levels, args.seed),
+                              "training": one_step(model, vae, training, levels, args.seed)}
     if args.from_real:
         scores["from_real"] = {value: from_real(model, vae, positive, real, float(value), args.steps, args.seed,
                                                 args.batch) for value in args.from_real.split(",")}

@@ -36,8 +36,8 @@ def run(script: str, *args: str) -> dict:
     ("analysis.py", ("--clips", "1", "--sigmas", "0.2"),
      {"grid", "best_block_by_gt", "best_sigma_by_gt", "auto_block", "auto_sigma", "best_delta_avg", "auto_delta_avg",
       "seconds"}),
-    ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2", "--from-real", "0.2"),
-     {"generated", "real", "meets", "seconds", "from_real"}),
+    ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2", "--from-real", "0.2", "--one-step", "0.5"),
+     {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
 ])
@@ -64,6 +64,8 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         # sampled from the rendered clips, the last 2 steps of a 10-step schedule: it starts part-way down the noise
         assert set(out["from_real"]) == {"0.2"} and set(out["real"]) < set(out["from_real"]["0.2"])
         assert 0 < out["from_real"]["0.2"]["start_sigma"] < 1
+        # at half noise the trained DiT's prediction keeps most of the clips' motion, seen in training or not
+        assert all(0.5 < out["one_step"][clips]["0.5"] <= 1 for clips in ("rendered", "training"))
     if script == "cag_quality.py":  # same noise for every arm; rendered clips keep their sprites on all 13 frames
         assert sorted(out["arms"]) == ["cag_renormalised_best_1", "plain"] and out["real"]["sprite_persistence"]["mean"] == 13
         assert out["best_block"] == 7  # Correspondence Analysis's pick for the trained tiny DiT
