@@ -146,10 +146,10 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
         gx_template, gy_template = (weighted_gx * template).sum(-1), (weighted_gy * template).sum(-1)
         patch_unit = offsets * to_unit  # [K, 2]
 
-        def read(centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """The target patch around centre [G, N, 2] (this level's pixels): (patch [G, N, K], its contrast c_t
+        def read(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """The target patch centred at `at` [G, N, 2] (this level's pixels): (patch [G, N, K], its contrast c_t
             [G, N])."""
-            target = _sample(targets, (centre * to_unit - 1)[:, :, None] + patch_unit)
+            target = _sample(targets, (at * to_unit - 1)[:, :, None] + patch_unit)
             weighted = weight * target
             contrast = ((weighted * target).sum(-1) - weighted.sum(-1) ** 2).clamp(min=0).sqrt().clamp(min=1e-6)
             return target, contrast

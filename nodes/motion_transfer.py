@@ -218,6 +218,9 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
             raise ValueError("This motion flow holds no reference latent to inject keys and values from: read it "
                              "again with Motion Flow from Video, or turn injection off.")
         plain_options = extra_args.get("model_options", {})
+        # The reference as the model reads it, made once: each guided step only noises it to its own level.
+        reference = (base_model.process_latent_in(flow.latent.to(x.device, x.dtype)) if settings.inject_blocks
+                     else None)
 
         def shifted(offset: int):
             return None if callback is None else (lambda d: callback({**d, "i": d["i"] + offset}))
@@ -229,16 +232,15 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
             if not settings.inject_blocks:
                 return plain_options
             injector = ReferenceKV(adapter, base_model.diffusion_model, list(settings.inject_blocks))
-            reference = base_model.process_latent_in(flow.latent.to(x.device, x.dtype))
+            options = injector.install_options(plain_options)
             noisy = base_model.model_sampling.noise_scaling(sigma.view(1), model_k.noise.to(x), reference)
             injector.recording = True
             try:
-                comfy.samplers.calc_cond_batch(base_model, [guider.conds["positive"]], noisy, sigma.view(1),
-                                               injector.install_options(plain_options))
+                comfy.samplers.calc_cond_batch(base_model, [guider.conds["positive"]], noisy, sigma.view(1), options)
             except ForwardStopped:
                 pass
             injector.recording = False
-            return injector.install_options(plain_options)
+            return options
 
         def loss_of(sigma: torch.Tensor, step_options: dict):
             def loss(latent: torch.Tensor) -> torch.Tensor:
