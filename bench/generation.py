@@ -66,42 +66,44 @@ def sampling_model(model, shift: float | None):
     return ModelSamplingSD3().patch(model, shift)[0]
 
 
-def from_real(model, vae, positive, clips: list[torch.Tensor], denoise: float, steps: int, seed: int,
+def encoded(vae, clips: list[torch.Tensor]) -> torch.Tensor:
+    """Clips [T, H, W, 3] -> their latents [N, C, T, h, w], every frame encoded alone (as the tiny VAE's were)."""
+    from difftrack_pack.nodes.encoding import encode_frames
+
+    return torch.cat([encode_frames(vae, clip, "per_frame")[0] for clip in clips])
+
+
+def from_real(model, vae, positive, latents: torch.Tensor, denoise: float, steps: int, seed: int,
               batch: int) -> dict[str, float]:
-    """motion_summary of clips sampled from `clips` ([T, H, W, 3] each, encoded frame by frame) with KSampler's
+    """motion_summary of clips sampled from `latents` ([N, C, T, h, w], as `encoded` gives) with KSampler's
     `denoise`, plus the noise level the sampling starts from."""
     import comfy.samplers
     import nodes as comfy_nodes
 
-    from difftrack_pack.nodes.encoding import encode_frames
-
     sampled = []
-    for first in range(0, len(clips), batch):
-        latent = torch.cat([encode_frames(vae, clip, "per_frame")[0] for clip in clips[first:first + batch]])
+    for first in range(0, len(latents), batch):
         samples = comfy_nodes.common_ksampler(model, seed + first, steps, 1.0, "euler", "simple", positive, positive,
-                                              {"samples": latent}, denoise=denoise)[0]["samples"]
+                                              {"samples": latents[first:first + batch]}, denoise=denoise)[0]["samples"]
         sampled += decode_per_frame(vae, samples)
     schedule = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", int(steps / denoise))
     return {**motion_summary([clip_metrics(clip) for clip in sampled]),
             "start_sigma": round(float(schedule[-(steps + 1)]), 4)}
 
 
-def one_step(model, vae, clips: list[torch.Tensor], levels: list[float], seed: int) -> dict[str, float]:
+def one_step(model, latents: torch.Tensor, levels: list[float], seed: int) -> dict[str, float]:
     """Per noise level: the correlation between the temporal deviation (each latent pixel minus its mean over time)
-    of the clean latents of `clips` and of the model's one-step prediction of them from their noised versions
-    (Zero Conditioning: an all-zero text context)."""
-    from difftrack_pack.nodes.encoding import encode_frames
-
+    of clean latents [N, C, T, h, w] (as `encoded` gives) and of the model's one-step prediction of them from their
+    noised versions (Zero Conditioning: an all-zero text context)."""
     base = model.model
-    clean = base.process_latent_in(torch.cat([encode_frames(vae, clip, "per_frame")[0] for clip in clips]))
+    clean = base.process_latent_in(latents)
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
-    context = torch.zeros(len(clips), 1, 4096)
+    context = torch.zeros(len(clean), 1, 4096)
     deviation = lambda latent: latent - latent.mean(dim=2, keepdim=True)  # noqa: E731
     truth = deviation(clean)
     correlations = {}
     for level in levels:
         noisy = clean + level * (noise - clean)
-        predicted = deviation(base.apply_model(noisy, torch.full((len(clips),), level), c_crossattn=context).float())
+        predicted = deviation(base.apply_model(noisy, torch.full((len(clean),), level), c_crossattn=context).float())
         correlations[str(level)] = round(float((truth * predicted).sum() / (truth.norm() * predicted.norm())), 4)
     return correlations
 
@@ -141,17 +143,18 @@ def main() -> None:
     real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES).frames for index in range(args.clips)]
     scores = {"generated": motion_summary([clip_metrics(clip) for clip in generated]),
               "real": motion_summary([clip_metrics(clip) for clip in real])}
+    real_latents = encoded(vae, real) if args.one_step or args.from_real else None  # once, for both
     if args.one_step:
         from difftrack_bench.train_tiny import TRAIN_SEED_BASE
         from difftrack_pack.ditcorr.synthetic import Scene
 
         training = [Scene(TRAIN_SEED_BASE + index, (SIZE, SIZE), FRAMES).render() for index in range(args.clips)]
         levels = [float(value) for value in args.one_step.split(",")]
-        scores["one_step"] = {"rendered": one_step(model, vae, real, levels, args.seed),
-                              "training": one_step(model, vae, training, levels, args.seed)}
+        scores["one_step"] = {"rendered": one_step(model, real_latents, levels, args.seed),
+                              "training": one_step(model, encoded(vae, training), levels, args.seed)}
     if args.from_real:
-        scores["from_real"] = {value: from_real(model, vae, positive, real, float(value), args.steps, args.seed,
-                                                args.batch) for value in args.from_real.split(",")}
+        scores["from_real"] = {value: from_real(model, vae, positive, real_latents, float(value), args.steps,
+                                                args.seed, args.batch) for value in args.from_real.split(",")}
     if args.picture:
         frames = (0, 4, 8, 12)
         rows = {f"generated {i + 1}": [generated[i][f] for f in frames] for i in range(min(2, len(generated)))}
