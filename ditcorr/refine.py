@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .streaming import FrameCopier
+from .fused import available, lucas_kanade_level
+from .streaming import FrameCopier, to_device
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PixelSettings:
     agree: float = 4.0  # pixels within which a run's direct matches confirm the track's continuation
     median_radius: int = 4  # the coarse track's running median over 2r+1 frames (within visible runs); 0 = off
     element_budget: int = 2**24  # patch pixels (frames x points x pixels) aligned in one batch: bounds the memory
+    fused_kernel: bool = True  # on CUDA, each pyramid level's updates in one Triton kernel (ditcorr.fused); False: torch ops
     frames_per_chunk: int = 48  # frames held on the device at once (two chunks with the prefetch): flat in video length
 
 
@@ -123,9 +125,9 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
     spatial = torch.exp(-(offsets ** 2).sum(-1) / (2 * (settings.radius / 2 + 0.5) ** 2))  # [K]
     groups, count = start.shape[:2]
     here = start.float()
+    steps = lucas_kanade_level if settings.fused_kernel and available(device) else lucas_kanade_steps
     for level in reversed(range(len(target_pyramid))):
         targets = target_pyramid[level][target_frames]  # selected once per level, read every iteration
-        to_unit = _pixels_to_unit(targets.shape[-1], targets.shape[-2], device)
         template_images = template_pyramid[level][template_frames]
         template_unit = _pixels_to_unit(template_images.shape[-1], template_images.shape[-2], device)
         # Template and its gradient from a patch one pixel wider (central differences), once per level.
@@ -142,33 +144,49 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
         gy = centred(((patch[:, :, 2:, 1:-1] - patch[:, :, :-2, 1:-1]) / 2).flatten(2))
         weighted_gx, weighted_gy = weight * gx, weight * gy
         hxx, hxy, hyy = (weighted_gx * gx).sum(-1), (weighted_gx * gy).sum(-1), (weighted_gy * gy).sum(-1)
-        determinant = (hxx * hyy - hxy ** 2).clamp(min=1e-12)
-        gx_template, gy_template = (weighted_gx * template).sum(-1), (weighted_gy * template).sum(-1)
-        patch_unit = offsets * to_unit  # [K, 2]
-
-        def read(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """The target patch centred at `at` [G, N, 2] (this level's pixels): (patch [G, N, K], its contrast c_t
-            [G, N])."""
-            target = _sample(targets, (at * to_unit - 1)[:, :, None] + patch_unit)
-            weighted = weight * target
-            contrast = ((weighted * target).sum(-1) - weighted.sum(-1) ** 2).clamp(min=0).sqrt().clamp(min=1e-6)
-            return target, contrast
-
-        here = here * 0.5 ** level  # this level's pixels
-        for _ in range(settings.iterations):
-            target, contrast = read(here)
-            scale = template_contrast / contrast
-            bx = scale * (weighted_gx * target).sum(-1) - gx_template
-            by = scale * (weighted_gy * target).sum(-1) - gy_template
-            step = torch.stack([(hyy * bx - hxy * by) / determinant, (hxx * by - hxy * bx) / determinant], dim=-1)
-            here = here - step.clamp(-settings.radius, settings.radius)
-        here = here * 2 ** level  # back to full-resolution pixels
+        template_terms = torch.stack([template_contrast, (weighted_gx * template).sum(-1),
+                                      (weighted_gy * template).sum(-1), hxx, hxy, hyy,
+                                      (hxx * hyy - hxy ** 2).clamp(min=1e-12)], dim=-1)  # [Gt, N, 7]
+        here = steps(targets, here * 0.5 ** level, torch.stack([weight, weighted_gx, weighted_gy], dim=-2),
+                     template_terms, settings.iterations, settings.radius) * 2 ** level
     # The loop ends on level 0, the frames themselves: its residual and texture decide trust.
-    target, contrast = read(here)
+    target, contrast = _read(targets, here, weight, settings.radius)
     correlation = (weight * template * target).sum(-1) / (contrast * template_contrast)
     residual = (2 - 2 * correlation).clamp(min=0).sqrt()  # sqrt(sum(w e^2)) / c_T
     smallest = (hxx + hyy) / 2 - (((hxx - hyy) / 2) ** 2 + hxy ** 2).sqrt()
     return Alignment(here, residual, (smallest >= settings.min_texture).expand(groups, count))
+
+
+def _read(targets: torch.Tensor, centre: torch.Tensor, weight: torch.Tensor,
+          radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target patches [G, N, K] around centre [G, N, 2] (pixels of targets [G, 1, h, w]) and their contrast
+    [G, N] under weight [Gt, N, K]."""
+    to_unit = _pixels_to_unit(targets.shape[-1], targets.shape[-2], centre.device)
+    target = _sample(targets, (centre * to_unit - 1)[:, :, None] + _offsets(radius, centre.device) * to_unit)
+    weighted = weight * target
+    contrast = ((weighted * target).sum(-1) - weighted.sum(-1) ** 2).clamp(min=0).sqrt().clamp(min=1e-6)
+    return target, contrast
+
+
+def lucas_kanade_steps(targets: torch.Tensor, centre: torch.Tensor, template_weights: torch.Tensor,
+                       template_terms: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:
+    """`iterations` updates of align's Lucas–Kanade on one pyramid level, in torch ops (the path off CUDA, and
+    the reference of ditcorr.fused.lucas_kanade_level, which does the same in one kernel).
+
+    targets [G, 1, h, w]; centre [G, N, 2] (x, y) pixels of this level; template_weights [Gt, N, 3, K]: each
+    patch pixel's weight w and w gx, w gy (Gt is G, or 1 for a template shared by every group); template_terms
+    [Gt, N, 7]: the template's contrast, sum(w gx T), sum(w gy T), hxx, hxy, hyy and the determinant. Returns the
+    centres after the updates, [G, N, 2]."""
+    weight, weighted_gx, weighted_gy = template_weights.unbind(-2)
+    template_contrast, gx_template, gy_template, hxx, hxy, hyy, determinant = template_terms.unbind(-1)
+    for _ in range(iterations):
+        target, contrast = _read(targets, centre, weight, radius)
+        scale = template_contrast / contrast
+        bx = scale * (weighted_gx * target).sum(-1) - gx_template
+        by = scale * (weighted_gy * target).sum(-1) - gy_template
+        step = torch.stack([(hyy * bx - hxy * by) / determinant, (hxx * by - hxy * bx) / determinant], dim=-1)
+        centre = centre - step.clamp(-radius, radius)
+    return centre
 
 
 def refine_tracks(frames: torch.Tensor, queries: torch.Tensor, path: torch.Tensor, visible: torch.Tensor,
@@ -214,10 +232,10 @@ def _refine(copier: FrameCopier, queries: torch.Tensor, query_frames: torch.Tens
     refined, seen = path.clone(), visible.clone()
     times = torch.arange(count, device=device)
     for query_frame in query_frames.unique().tolist():
-        rows = (query_frames == query_frame).nonzero()[:, 0].to(device)
+        rows = to_device((query_frames == query_frame).nonzero()[:, 0], device)
         coarse_visible = visible[:, rows]
         coarse = temporal_median(path[:, rows], coarse_visible, settings.median_radius)
-        start = queries[query_frames == query_frame, :2].to(device).float()
+        start = to_device(queries[query_frames == query_frame, :2], device).float()
         points = len(start)
         template_pyramid = grey_pyramid(copier.take(query_frame, query_frame + 1), levels)
         one = torch.zeros(1, dtype=torch.long, device=device)

@@ -1,4 +1,4 @@
-"""The fused head-mean softmax kernel against the torch ops it replaces, run in Triton's interpreter on the CPU.
+"""The fused kernels against the torch ops they replace, run in Triton's interpreter on the CPU.
 
 Triton reads TRITON_INTERPRET when a kernel is defined, so the comparison runs in a child process that sets it.
 (bfloat16 is not compared here: the interpreter mis-reads it; bench/track.py compares the two paths' tracks on a
@@ -40,12 +40,43 @@ print(json.dumps(errors))
 """
 
 
-def test_kernel_equals_the_torch_ops_on_random_inputs():
+ALIGN = """
+import json, torch
+from difftrack_pack.ditcorr import refine
+from difftrack_pack.ditcorr.synthetic import smooth_texture
+generator = torch.Generator().manual_seed(0)
+texture = smooth_texture(generator, 160, 10, channels=1)[0]
+# A template frame and four targets: the texture moved by whole pixels (the sub-pixel part is the alignment's).
+frames = torch.stack([texture[dy:dy + 96, dx:dx + 112] for dy, dx in ((8, 8), (9, 6), (5, 11), (12, 9), (8, 8))])
+pyramid = refine.grey_pyramid(frames, 3)
+points = 16 + torch.rand(1, 30, 2, generator=generator) * torch.tensor([80.0, 64.0])
+start = points + (torch.rand(4, 30, 2, generator=generator) - 0.5) * 10
+results = {}
+for fused in (False, True):
+    refine.available = lambda device, fused=fused: fused  # the kernel on CPU tensors: Triton's interpreter runs it
+    for shared in (True, False):  # one template frame for all targets, or one per target
+        template_frames = torch.tensor([0]) if shared else torch.tensor([0, 1, 2, 3])
+        template_at = points if shared else points.expand(4, -1, -1)
+        found = refine.align(pyramid, template_frames, template_at, pyramid, torch.tensor([1, 2, 3, 4]), start)
+        results[(fused, shared)] = found
+print(json.dumps([[(results[(True, s)].position - results[(False, s)].position).abs().max().item(),
+                   # Squared: the residual is a square root, steep where the patches match almost exactly.
+                   (results[(True, s)].residual ** 2 - results[(False, s)].residual ** 2).abs().max().item(),
+                   (results[(False, s)].residual < 0.25).float().mean().item()] for s in (True, False)]))
+"""
+
+
+def interpreted(script: str) -> list:
+    """Run `script` with Triton's interpreter on; its last line of output, read as JSON."""
     pytest.importorskip("triton", reason="Triton ships with the CUDA builds of torch that CI installs")
-    result = subprocess.run([sys.executable, "-c", COMPARE], capture_output=True, text=True, timeout=600,
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_attention_kernels_equal_the_torch_ops_on_random_inputs():
+    errors = interpreted(COMPARE)
     assert len(errors) == 4
     for difference, largest, row_sum_error in errors:
         assert difference <= 1e-5 * max(1.0, largest) and row_sum_error <= 1e-5  # float32 rounding: a few ulp of 1
@@ -57,3 +88,11 @@ def test_off_cuda_the_torch_ops_run():
     expected = torch.softmax(query @ keys.transpose(2, 3) * 0.5, dim=-1).mean(1)
     torch.testing.assert_close(head_mean_probabilities(query, keys, 0.5), expected)
     assert not available(torch.device("cuda"), 24)  # not a power of two: the torch ops, whatever the device
+
+
+def test_lucas_kanade_kernel_equals_the_torch_ops():
+    """align with each pyramid level's updates in the kernel against the torch ops, for a template shared by every
+    target and for one template per target."""
+    for position_error, residual_error, aligned in interpreted(ALIGN):
+        assert position_error <= 1e-3 and residual_error <= 1e-4  # float32 rounding of the same steps
+        assert aligned > 0.5  # most patches found their place: the comparison is not between two failures
