@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .features import QK, FeatureChunk
 from .fused import available, head_mean_softmax
-from .streaming import DeviceWindow
+from .streaming import DeviceWindow, to_device
 
 
 def sample_tokens(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -73,18 +73,22 @@ def head_mean_probabilities(query: torch.Tensor, keys: torch.Tensor, scale: floa
     return softmax_(logits if scale == 1.0 else logits.mul_(scale)).mean(1)
 
 
-def _frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
-    """[H, T, h, w, d] -> [G, H, M, d] for the listed token frames: a view, without a copy, when they are one frame
-    repeated (a query frame against many targets) or consecutive frames."""
-    heads, _, h, w, d = qk_part.shape
+def _token_frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    """[H, T, h, w, d] -> [H, G, h, w, d] for the listed token frames: a view, without a copy, when they are one
+    frame repeated (a query frame against many targets) or consecutive frames. (Indexing a GPU tensor with a list
+    would copy the list there and wait for the GPU first.)"""
     first = frames[0]
     if all(frame == first for frame in frames):
-        chosen = qk_part[:, first:first + 1].expand(-1, len(frames), -1, -1, -1)
-    elif frames == list(range(first, first + len(frames))):
-        chosen = qk_part[:, first:first + len(frames)]
-    else:
-        chosen = qk_part[:, frames]
-    return chosen.reshape(heads, len(frames), h * w, d).transpose(0, 1)
+        return qk_part[:, first:first + 1].expand(-1, len(frames), -1, -1, -1)
+    if frames == list(range(first, first + len(frames))):
+        return qk_part[:, first:first + len(frames)]
+    return qk_part.index_select(1, to_device(torch.tensor(frames), qk_part.device))
+
+
+def _frames(qk_part: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    """[H, T, h, w, d] -> [G, H, M, d] for the listed token frames (_token_frames' views where it can)."""
+    heads, _, h, w, d = qk_part.shape
+    return _token_frames(qk_part, frames).reshape(heads, len(frames), h * w, d).transpose(0, 1)
 
 
 def forward_rows(source: QK, source_frames: list[int], target: QK, target_frames: list[int], points: torch.Tensor,
@@ -99,7 +103,7 @@ def forward_rows(source: QK, source_frames: list[int], target: QK, target_frames
     tau = math.sqrt(d) if temperature is None else temperature
     keys = _frames(target.k, target_frames)  # [G, H, Md, d]
     # Interpolated queries are rounded to the keys' precision: the precision the model's own attention works in.
-    query = (sample_pairs(source.q[:, source_frames].transpose(0, 1), points) / tau).to(keys.dtype)  # [G, H, N, d]
+    query = (sample_pairs(_token_frames(source.q, source_frames).transpose(0, 1), points) / tau).to(keys.dtype)  # [G, H, N, d]
     return head_mean_probabilities(query, keys, fused_kernel=fused_kernel).view(len(target_frames), -1, h, w)
 
 

@@ -14,12 +14,20 @@ same for slices of the video's frames, which an IMAGE holds in CPU memory.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from .features import QK
+
+
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """values (small, in CPU memory) on `device` without waiting for it: a blocking copy to a GPU first waits for
+    every kernel queued there, which idles the GPU while the host queues the next ones. (A copy from pageable memory
+    is staged before the call returns, so `values` may be freed at once.)"""
+    return values.to(device, non_blocking=True)
 
 
 class DeviceWindow:
@@ -92,6 +100,19 @@ class DeviceWindow:
         self._dropped.clear()
 
 
+def _grey_levels(frames: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of the channels of frames [..., C] as float32 [...] (into `out` when given, of that shape)."""
+    frames = frames.float()
+    # A matrix-vector product over the channels: on a CPU three times faster than mean(dim=-1), which reduces an
+    # innermost axis of 3 element by element.
+    weights = torch.full((frames.shape[-1],), 1.0 / frames.shape[-1], device=frames.device)
+    flat = frames.reshape(-1, frames.shape[-1])
+    if out is None:
+        return torch.mv(flat, weights).view(frames.shape[:-1])
+    torch.mv(flat, weights, out=out.view(-1))
+    return out
+
+
 class FrameCopier:
     """Slices of the video on the compute device, copied ahead of use.
 
@@ -103,7 +124,8 @@ class FrameCopier:
     given back as float32 in [0, 1]; the quantisation, under half a level of 255, is for consumers that only need
     the image's structure (a guide for edges), not exact values. Frames that need no copy are given as they are.
     grey: frames are given as their grey level [n, H, W] float32 (the mean of their channels), computed where they
-    live before any copy, so a copy carries a third of the bytes (for consumers that align on intensity).
+    live before any copy, so a copy carries a third of the bytes (for consumers that align on intensity); from CPU
+    memory, by several threads into page-locked memory.
     """
 
     def __init__(self, frames: torch.Tensor, device: torch.device, as_bytes: bool = False, grey: bool = False):
@@ -111,9 +133,22 @@ class FrameCopier:
         copies = self.device.type == "cuda" and frames.device != self.device
         self.stream = torch.cuda.Stream(self.device) if copies else None
         self.pool = ThreadPoolExecutor(max_workers=1) if copies else None
+        # One thread turns colour into grey at a few GB/s, below the copy it feeds: a frame per converter thread.
+        from_cpu = copies and grey and frames.device.type == "cpu"
+        self.converters = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) if from_cpu else None
         self.pending: dict[tuple[int, int], Future] = {}
 
+    def _grey_pinned(self, low: int, high: int) -> torch.Tensor:
+        """frames[low:high]'s grey levels [n, H, W] in page-locked CPU memory, whose copy to the GPU runs at full
+        speed without holding the thread that issues it."""
+        frames = self.frames[low:high]
+        grey = torch.empty(frames.shape[:-1], dtype=torch.float32, pin_memory=True)
+        list(self.converters.map(lambda index: _grey_levels(frames[index], grey[index]), range(len(frames))))
+        return grey
+
     def _moved(self, low: int, high: int) -> torch.Tensor:
+        if self.converters is not None:
+            return self._grey_pinned(low, high).to(self.device, non_blocking=True)
         frames = self._source(low, high)
         if not self.as_bytes:
             return frames.to(self.device, non_blocking=True)
@@ -134,13 +169,7 @@ class FrameCopier:
 
     def _source(self, low: int, high: int) -> torch.Tensor:
         """frames[low:high] where they live, as given (grey levels for `grey`)."""
-        if not self.grey:
-            return self.frames[low:high]
-        frames = self.frames[low:high].float()
-        # A matrix-vector product over the channels: on a CPU three times faster than mean(dim=-1), which reduces
-        # an innermost axis of 3 element by element.
-        weights = torch.full((frames.shape[-1],), 1.0 / frames.shape[-1], device=frames.device)
-        return torch.mv(frames.reshape(-1, frames.shape[-1]), weights).view(frames.shape[:-1])
+        return _grey_levels(self.frames[low:high]) if self.grey else self.frames[low:high]
 
     def take(self, low: int, high: int) -> torch.Tensor:
         """frames[low:high] on the device, ready for the current stream."""
@@ -158,6 +187,8 @@ class FrameCopier:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
             self.pending.clear()
+        if self.converters is not None:
+            self.converters.shutdown(wait=True)
 
     def __enter__(self) -> FrameCopier:
         return self

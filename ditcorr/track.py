@@ -24,7 +24,7 @@ from .cost import forward_rows, pair_costs, sample_tokens
 from .features import FeatureChunk
 from .fused import available
 from .refine import PixelSettings, prefetch_frames, refine_tracks
-from .streaming import DeviceWindow
+from .streaming import DeviceWindow, to_device
 
 Chunks = list[FeatureChunk]
 DIT_READOUTS = ("argmax", "refined")  # from the DiT's costs alone
@@ -175,8 +175,8 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
     cycle_error = torch.zeros(len(positions), n, device=device)
     flat = 1.0 / (grid[0] * grid[1])
     # Built once: a tensor made from Python numbers inside the loop would stall the GPU queue every frame.
-    token_size = torch.tensor([width / grid[1], height / grid[0]], device=device)  # pixels per token (x, y)
-    to_unit = torch.tensor([2.0 / width, 2.0 / height], device=device)  # pixels -> [-1, 1] frame coordinates
+    token_size = to_device(torch.tensor([width / grid[1], height / grid[0]]), device)  # pixels per token (x, y)
+    to_unit = to_device(torch.tensor([2.0 / width, 2.0 / height]), device)  # pixels -> [-1, 1] frame coordinates
 
     heads, _, h, w, d = first.q.shape
     # One float32 [pairs, heads, points, tokens] tensor: logits, turned into their softmax in place; the fused
@@ -197,15 +197,15 @@ def track_token_frames(selections: list[Chunks], queries: torch.Tensor, frame_si
                     f"reference_frame {anchor:g} (or frames_per_chunk 0), or let Track Points extract them.")
             groups.setdefault(holders, []).append(position)
         calls = [(holders, targets[i:i + pairs_per_call],
-                  torch.tensor([positions.index(p) for p in targets[i:i + pairs_per_call]], device=device)[:, None])
+                  to_device(torch.tensor([positions.index(p) for p in targets[i:i + pairs_per_call]]), device)[:, None])
                  for holders, targets in groups.items() for i in range(0, len(targets), pairs_per_call)]
         # Room for the chunks of one call and of the next (prefetched), so a prefetch never evicts what is in use.
         device_window.capacity = max(device_window.capacity, 2 * max((len(holders) for holders, _, _ in calls), default=1))
         members = (frame == query_frame).nonzero()[:, 0]
         for start in range(0, len(members), settings.point_batch):
             batch = members[start:start + settings.point_batch]
-            rows = batch.to(device)
-            start_px = queries[batch, :2].to(device)
+            rows = to_device(batch, device)
+            start_px = to_device(queries[batch, :2], device)
             start_tokens = start_px / token_size - 0.5
             slot = positions.index(anchor)
             path[slot, rows], visible[slot, rows], confidence[slot, rows] = start_px, True, 1.0 / flat
@@ -242,7 +242,7 @@ def _to_source_frames(positions: list[float], tracks: Tracks, queries: torch.Ten
     the nearest one, and for locally uniform motion the shift makes that exact.
     """
     device = tracks.path.device
-    times = torch.tensor(positions, device=device)
+    times = to_device(torch.tensor(positions), device)
     frames = torch.arange(frame_count, device=device, dtype=torch.float32)
     if len(positions) == 1:
         path = tracks.path.expand(frame_count, -1, -1).clone()
@@ -254,8 +254,8 @@ def _to_source_frames(positions: list[float], tracks: Tracks, queries: torch.Ten
         path = tracks.path[before] * (1 - weight) + tracks.path[after] * weight
         nearest = torch.where(weight[:, 0, 0] < 0.5, before, after)
     columns = torch.arange(queries.shape[0], device=device)
-    on_query = queries[:, 2].round().long().to(device)
-    path = path + (queries[:, :2].to(device) - path[on_query, columns])[None]
+    on_query = to_device(queries[:, 2].round().long(), device)
+    path = path + (to_device(queries[:, :2], device) - path[on_query, columns])[None]
     visible, confidence = tracks.visible[nearest].clone(), tracks.confidence[nearest]
     cycle_error = tracks.cycle_error[nearest].clone()
     visible[on_query, columns], cycle_error[on_query, columns] = True, 0.0
