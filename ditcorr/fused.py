@@ -85,63 +85,43 @@ def _attention_kernels():
 
 
 @functools.cache
-def _lucas_kanade_kernel():
-    """The kernel of lucas_kanade_level."""
+def _peak_kernel():
+    """The kernel of refined_peaks."""
     triton, tl = _triton()
 
     @triton.jit
-    def lucas_kanade_kernel(images, centre, weights, terms, pairs, count, height, width, template_groups,
-                            ITERATIONS: tl.constexpr, RADIUS: tl.constexpr, BLOCK_P: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
-        """One program per BLOCK_P (group, point) pairs, each patch's pixels along the second axis; the centres
-        [pairs, 2] are updated in place."""
-        pair = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        pair_ok = pair < pairs
-        group, point = pair // count, pair % count
-        template = tl.where(template_groups == 1, point, pair)  # the template's (group, point) row
-        side: tl.constexpr = 2 * RADIUS + 1
-        pixel = tl.arange(0, BLOCK_K)
-        pixel_ok = pixel < side * side
-        dx, dy = (pixel % side - RADIUS).to(tl.float32), (pixel // side - RADIUS).to(tl.float32)
-        both = pair_ok[:, None] & pixel_ok[None, :]
-        row = template[:, None] * (3 * side * side) + pixel[None, :]
-        weight = tl.load(weights + row, mask=both, other=0.0)
-        weight_gx = tl.load(weights + row + side * side, mask=both, other=0.0)
-        weight_gy = tl.load(weights + row + 2 * side * side, mask=both, other=0.0)
-        template_contrast = tl.load(terms + template * 7, mask=pair_ok, other=1.0)
-        gx_template = tl.load(terms + template * 7 + 1, mask=pair_ok, other=0.0)
-        gy_template = tl.load(terms + template * 7 + 2, mask=pair_ok, other=0.0)
-        hxx = tl.load(terms + template * 7 + 3, mask=pair_ok, other=0.0)
-        hxy = tl.load(terms + template * 7 + 4, mask=pair_ok, other=0.0)
-        hyy = tl.load(terms + template * 7 + 5, mask=pair_ok, other=0.0)
-        determinant = tl.load(terms + template * 7 + 6, mask=pair_ok, other=1.0)
-        x = tl.load(centre + pair * 2, mask=pair_ok, other=0.0)
-        y = tl.load(centre + pair * 2 + 1, mask=pair_ok, other=0.0)
-        image = images + group[:, None] * (height * width)
-        for _ in range(ITERATIONS):
-            # grid_sample's bilinear read with border padding (align_corners=False: pixel x sits at x - 0.5).
-            ix = tl.minimum(tl.maximum(x[:, None] + dx[None, :] - 0.5, 0.0), width - 1.0)
-            iy = tl.minimum(tl.maximum(y[:, None] + dy[None, :] - 0.5, 0.0), height - 1.0)
-            x0, y0 = tl.floor(ix), tl.floor(iy)
-            fx, fy = ix - x0, iy - y0
-            left, top = x0.to(tl.int32), y0.to(tl.int32)
-            right, bottom = tl.minimum(left + 1, width - 1), tl.minimum(top + 1, height - 1)
-            value = ((1 - fy) * ((1 - fx) * tl.load(image + top * width + left, mask=both, other=0.0)
-                                 + fx * tl.load(image + top * width + right, mask=both, other=0.0))
-                     + fy * ((1 - fx) * tl.load(image + bottom * width + left, mask=both, other=0.0)
-                             + fx * tl.load(image + bottom * width + right, mask=both, other=0.0)))
-            weighted = weight * value
-            mean = tl.sum(weighted, axis=1)
-            contrast = tl.maximum(tl.sqrt(tl.maximum(tl.sum(weighted * value, axis=1) - mean * mean, 0.0)), 1e-6)
-            scale = template_contrast / contrast
-            bx = scale * tl.sum(weight_gx * value, axis=1) - gx_template
-            by = scale * tl.sum(weight_gy * value, axis=1) - gy_template
-            x -= tl.minimum(tl.maximum((hyy * bx - hxy * by) / determinant, -RADIUS), RADIUS)
-            y -= tl.minimum(tl.maximum((hxx * by - hxy * bx) / determinant, -RADIUS), RADIUS)
-        tl.store(centre + pair * 2, x, mask=pair_ok)
-        tl.store(centre + pair * 2 + 1, y, mask=pair_ok)
+    def refined_peak_kernel(cost, out, rows, height, width, WINDOW: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_M: tl.constexpr):
+        """One program per BLOCK_N maps, each map's cells along the second axis: out [rows, 3] (column, row, peak)."""
+        row = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cell = tl.arange(0, BLOCK_M)
+        cells = height * width
+        row_ok, cell_ok = row < rows, cell < cells
+        values = tl.load(cost + row[:, None] * cells + cell[None, :], mask=row_ok[:, None] & cell_ok[None, :],
+                         other=float("-inf"))
+        peak, flat = tl.max(values, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        peak_row, peak_column = flat // width, flat % width
+        reach_row = tl.minimum(tl.minimum(peak_row, height - 1 - peak_row), WINDOW)
+        reach_column = tl.minimum(tl.minimum(peak_column, width - 1 - peak_column), WINDOW)
+        cell_row, cell_column = cell // width, cell % width
+        inside = ((tl.abs(cell_row[None, :] - peak_row[:, None]) <= reach_row[:, None])
+                  & (tl.abs(cell_column[None, :] - peak_column[:, None]) <= reach_column[:, None]) & cell_ok[None, :])
+        weight = tl.where(inside, values, 0.0)
+        total = tl.maximum(tl.sum(weight, axis=1), 1e-12)
+        tl.store(out + row * 3, tl.sum(weight * cell_column[None, :].to(tl.float32), axis=1) / total, mask=row_ok)
+        tl.store(out + row * 3 + 1, tl.sum(weight * cell_row[None, :].to(tl.float32), axis=1) / total, mask=row_ok)
+        tl.store(out + row * 3 + 2, peak, mask=row_ok)
 
-    return lucas_kanade_kernel
+    return refined_peak_kernel
+
+
+@functools.cache
+def _pixel_kernels():
+    """(template_kernel, lucas_kanade_kernel): in their own module, imported on first use (Triton resolves a jit
+    function's helpers among its module's globals, and that module imports Triton)."""
+    from . import pixel_kernels
+
+    return pixel_kernels.template_kernel, pixel_kernels.lucas_kanade_kernel
 
 
 def available(device: torch.device, head_dim: int | None = None) -> bool:
@@ -178,20 +158,58 @@ def head_mean_softmax(query: torch.Tensor, keys: torch.Tensor, scale: float = 1.
     return out
 
 
+PEAK_CELLS = 8192  # the most cells a map may have for refined_peaks (a 720p Wan frame has 3,600 tokens)
+
+
+def refined_peaks(cost: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """track.read_out's refined read-out in one kernel: cost [N, h, w] (h * w <= PEAK_CELLS) -> (positions [N, 2]
+    (column, row) in token units, peak [N]), float32: each map's largest cell, refined by the cost-weighted mean
+    position over a (2 window + 1)^2 window that shrinks symmetrically at the grid's border."""
+    rows, height, width = cost.shape
+    if height * width > PEAK_CELLS:
+        raise ValueError(f"Maps of {height}x{width} cells are more than refined_peaks holds ({PEAK_CELLS}).")
+    block_m = 1 << (height * width - 1).bit_length()
+    block_n = max(1, 8192 // block_m)
+    out = torch.empty(rows, 3, device=cost.device, dtype=torch.float32)
+    _peak_kernel()[((rows + block_n - 1) // block_n,)](cost.float().contiguous(), out, rows, height, width,
+                                                       WINDOW=window, BLOCK_N=block_n, BLOCK_M=block_m)
+    return out[:, :2], out[:, 2]
+
+
+def _patch_block(radius: int) -> int:
+    """The power of two that holds a patch's (2r+1)^2 pixels."""
+    return 1 << ((2 * radius + 1) ** 2 - 1).bit_length()
+
+
+def template_level(images: torch.Tensor, at: torch.Tensor, radius: int, similarity: float,
+                   block_p: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """refine.template_terms in one kernel: same arguments and results (images [Gt, 1, h, w] float32, at [Gt, N, 2]
+    pixels of this level -> weights [Gt, N, 4, K], terms [Gt, N, 7])."""
+    groups, count = at.shape[:2]
+    pixels = (2 * radius + 1) ** 2
+    weights = torch.empty(groups, count, 4, pixels, device=at.device, dtype=torch.float32)
+    terms = torch.empty(groups, count, 7, device=at.device, dtype=torch.float32)
+    _pixel_kernels()[0][((groups * count + block_p - 1) // block_p,)](
+        images.float().contiguous(), at.float().contiguous(), weights, terms, groups * count, count,
+        images.shape[-2], images.shape[-1], float(similarity), RADIUS=radius, BLOCK_P=block_p,
+        BLOCK_K=_patch_block(radius))
+    return weights, terms
+
+
 def lucas_kanade_level(targets: torch.Tensor, centre: torch.Tensor, template_weights: torch.Tensor,
                        template_terms: torch.Tensor, iterations: int, radius: int,
                        block_p: int = 32) -> torch.Tensor:
     """refine.lucas_kanade_steps in one kernel: every update of every (group, point) pair of one pyramid level,
     each pair's patch read, summed and stepped on chip. Same arguments and result (float32 tensors; targets
-    [G, 1, h, w], centre [G, N, 2], template_weights [Gt, N, 3, K], template_terms [Gt, N, 7], Gt 1 or G)."""
+    [G, 1, h, w], centre [G, N, 2], template_weights [Gt, N, 4, K], template_terms [Gt, N, 7], Gt 1 or G)."""
     groups, count = centre.shape[:2]
     pixels = (2 * radius + 1) ** 2
-    if template_weights.shape[-1] != pixels or template_weights.shape[0] not in (1, groups):
+    if template_weights.shape[-2:] != (4, pixels) or template_weights.shape[0] not in (1, groups):
         raise ValueError(f"Template weights {list(template_weights.shape)} do not fit {groups} groups of {count} "
                          f"points with patches of radius {radius}.")
     out = centre.float().contiguous().clone()
-    _lucas_kanade_kernel()[((groups * count + block_p - 1) // block_p,)](
+    _pixel_kernels()[1][((groups * count + block_p - 1) // block_p,)](
         targets.float().contiguous(), out, template_weights.float().contiguous(), template_terms.float().contiguous(),
         groups * count, count, targets.shape[-2], targets.shape[-1], template_weights.shape[0],
-        ITERATIONS=iterations, RADIUS=radius, BLOCK_P=block_p, BLOCK_K=1 << (pixels - 1).bit_length())
+        ITERATIONS=iterations, RADIUS=radius, BLOCK_P=block_p, BLOCK_K=_patch_block(radius))
     return out

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .fused import available, lucas_kanade_level
+from .fused import available, lucas_kanade_level, template_level
 from .streaming import FrameCopier, to_device
 
 
@@ -119,42 +119,54 @@ def align(template_pyramid: list[torch.Tensor], template_frames: torch.Tensor, t
     (tests/core/test_refine.py writes the mismatch out and compares).
     """
     device = start.device
-    offsets = _offsets(settings.radius, device)  # [K, 2]
-    wide = _offsets(settings.radius + 1, device)  # one pixel wider, for the template's central differences
-    side = 2 * settings.radius + 3
-    spatial = torch.exp(-(offsets ** 2).sum(-1) / (2 * (settings.radius / 2 + 0.5) ** 2))  # [K]
     groups, count = start.shape[:2]
     here = start.float()
-    steps = lucas_kanade_level if settings.fused_kernel and available(device) else lucas_kanade_steps
+    fused = settings.fused_kernel and available(device)
+    prepare, steps = (template_level, lucas_kanade_level) if fused else (template_terms, lucas_kanade_steps)
     for level in reversed(range(len(target_pyramid))):
         targets = target_pyramid[level][target_frames]  # selected once per level, read every iteration
-        template_images = template_pyramid[level][template_frames]
-        template_unit = _pixels_to_unit(template_images.shape[-1], template_images.shape[-2], device)
-        # Template and its gradient from a patch one pixel wider (central differences), once per level.
-        patch = _sample(template_images, ((template_at * 0.5 ** level)[:, :, None] + wide) * template_unit - 1)
-        patch = patch.view(template_at.shape[0], count, side, side)
-        values = patch[:, :, 1:-1, 1:-1].flatten(2)  # [Gt, N, K]
-        centre = values[..., offsets.shape[0] // 2, None]
-        weight = spatial * torch.exp(-(values - centre) ** 2 / (2 * settings.similarity ** 2))
-        weight = weight / weight.sum(-1, keepdim=True)  # [Gt, N, K]
-        centred = lambda values, weight=weight: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
-        template = centred(values)
-        template_contrast = (template ** 2 * weight).sum(-1).sqrt().clamp(min=1e-6)  # [Gt, N]
-        gx = centred(((patch[:, :, 1:-1, 2:] - patch[:, :, 1:-1, :-2]) / 2).flatten(2))
-        gy = centred(((patch[:, :, 2:, 1:-1] - patch[:, :, :-2, 1:-1]) / 2).flatten(2))
-        weighted_gx, weighted_gy = weight * gx, weight * gy
-        hxx, hxy, hyy = (weighted_gx * gx).sum(-1), (weighted_gx * gy).sum(-1), (weighted_gy * gy).sum(-1)
-        template_terms = torch.stack([template_contrast, (weighted_gx * template).sum(-1),
-                                      (weighted_gy * template).sum(-1), hxx, hxy, hyy,
-                                      (hxx * hyy - hxy ** 2).clamp(min=1e-12)], dim=-1)  # [Gt, N, 7]
-        here = steps(targets, here * 0.5 ** level, torch.stack([weight, weighted_gx, weighted_gy], dim=-2),
-                     template_terms, settings.iterations, settings.radius) * 2 ** level
+        weights, terms = prepare(template_pyramid[level][template_frames], template_at * 0.5 ** level,
+                                 settings.radius, settings.similarity)
+        here = steps(targets, here * 0.5 ** level, weights, terms, settings.iterations, settings.radius) * 2 ** level
     # The loop ends on level 0, the frames themselves: its residual and texture decide trust.
-    target, contrast = _read(targets, here, weight, settings.radius)
-    correlation = (weight * template * target).sum(-1) / (contrast * template_contrast)
+    template_contrast, _, _, hxx, hxy, hyy, _ = terms.unbind(-1)
+    target, contrast = _read(targets, here, weights[:, :, 0], settings.radius)
+    correlation = (weights[:, :, 3] * target).sum(-1) / (contrast * template_contrast)
     residual = (2 - 2 * correlation).clamp(min=0).sqrt()  # sqrt(sum(w e^2)) / c_T
     smallest = (hxx + hyy) / 2 - (((hxx - hyy) / 2) ** 2 + hxy ** 2).sqrt()
     return Alignment(here, residual, (smallest >= settings.min_texture).expand(groups, count))
+
+
+def template_terms(images: torch.Tensor, at: torch.Tensor, radius: int,
+                   similarity: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What align's updates need of the template patches on one pyramid level, in torch ops (the path off CUDA,
+    and the reference of ditcorr.fused.template_level, which does the same in one kernel).
+
+    images [Gt, 1, h, w]: the template frames; at [Gt, N, 2]: (x, y) pixels of this level. Returns weights
+    [Gt, N, 4, K]: per patch pixel the weight w (sum 1 over the patch), w gx, w gy and w T, with T the centred
+    template and gx, gy its centred central differences; and terms [Gt, N, 7]: the template's contrast c_T,
+    sum(w gx T), sum(w gy T), hxx, hxy, hyy and the determinant hxx hyy - hxy^2."""
+    device = at.device
+    offsets = _offsets(radius, device)  # [K, 2]
+    wide = _offsets(radius + 1, device)  # one pixel wider, for the central differences
+    side = 2 * radius + 3
+    spatial = torch.exp(-(offsets ** 2).sum(-1) / (2 * (radius / 2 + 0.5) ** 2))  # [K]
+    unit = _pixels_to_unit(images.shape[-1], images.shape[-2], device)
+    patch = _sample(images, (at[:, :, None] + wide) * unit - 1).view(*at.shape[:2], side, side)
+    values = patch[:, :, 1:-1, 1:-1].flatten(2)  # [Gt, N, K]
+    centre = values[..., offsets.shape[0] // 2, None]
+    weight = spatial * torch.exp(-(values - centre) ** 2 / (2 * similarity ** 2))
+    weight = weight / weight.sum(-1, keepdim=True)
+    centred = lambda values: values - (values * weight).sum(-1, keepdim=True)  # noqa: E731
+    template = centred(values)
+    gx = centred(((patch[:, :, 1:-1, 2:] - patch[:, :, 1:-1, :-2]) / 2).flatten(2))
+    gy = centred(((patch[:, :, 2:, 1:-1] - patch[:, :, :-2, 1:-1]) / 2).flatten(2))
+    weighted_gx, weighted_gy = weight * gx, weight * gy
+    hxx, hxy, hyy = (weighted_gx * gx).sum(-1), (weighted_gx * gy).sum(-1), (weighted_gy * gy).sum(-1)
+    terms = torch.stack([(template ** 2 * weight).sum(-1).sqrt().clamp(min=1e-6), (weighted_gx * template).sum(-1),
+                         (weighted_gy * template).sum(-1), hxx, hxy, hyy, (hxx * hyy - hxy ** 2).clamp(min=1e-12)],
+                        dim=-1)
+    return torch.stack([weight, weighted_gx, weighted_gy, weight * template], dim=-2), terms
 
 
 def _read(targets: torch.Tensor, centre: torch.Tensor, weight: torch.Tensor,
@@ -173,11 +185,10 @@ def lucas_kanade_steps(targets: torch.Tensor, centre: torch.Tensor, template_wei
     """`iterations` updates of align's Lucas–Kanade on one pyramid level, in torch ops (the path off CUDA, and
     the reference of ditcorr.fused.lucas_kanade_level, which does the same in one kernel).
 
-    targets [G, 1, h, w]; centre [G, N, 2] (x, y) pixels of this level; template_weights [Gt, N, 3, K]: each
-    patch pixel's weight w and w gx, w gy (Gt is G, or 1 for a template shared by every group); template_terms
-    [Gt, N, 7]: the template's contrast, sum(w gx T), sum(w gy T), hxx, hxy, hyy and the determinant. Returns the
+    targets [G, 1, h, w]; centre [G, N, 2] (x, y) pixels of this level; template_weights [Gt, N, 4, K] and
+    template_terms [Gt, N, 7]: template_terms' (Gt is G, or 1 for a template shared by every group). Returns the
     centres after the updates, [G, N, 2]."""
-    weight, weighted_gx, weighted_gy = template_weights.unbind(-2)
+    weight, weighted_gx, weighted_gy, _ = template_weights.unbind(-2)
     template_contrast, gx_template, gy_template, hxx, hxy, hyy, determinant = template_terms.unbind(-1)
     for _ in range(iterations):
         target, contrast = _read(targets, centre, weight, radius)
@@ -271,11 +282,12 @@ def _refine(copier: FrameCopier, queries: torch.Tensor, query_frames: torch.Tens
         # The chain is not gated by the DiT's visibility: its occlusion calls on frames where the patch aligns
         # well cost still points their steps (slow clips: static-point jitter 0.33 -> 0.11 px on seed 2000).
         direct_ok[query_frame], direct_at[query_frame] = True, start
-        out = torch.empty_like(coarse)
+        out = direct_at.clone()  # holds the query point on its frame, all a one-frame direction has
         # Each direction away from the query frame is one sequence starting there.
         for order in (times[query_frame:], times[:query_frame + 1].flip(0)):
-            out[order] = through_time(direct_at[order], direct_ok[order], chain_step[order], chain_ok[order],
-                                      coarse[order], settings.agree)
+            if len(order) > 1:
+                out[order] = through_time(direct_at[order], direct_ok[order], chain_step[order], chain_ok[order],
+                                          coarse[order], settings.agree)
         # A query patch without texture gives no pixel evidence anywhere: the DiT's positions stand.
         refined[:, rows] = torch.where(textured[0, :, None], out, coarse)
         seen[:, rows] = coarse_visible | direct_ok

@@ -22,7 +22,7 @@ import torch
 
 from .cost import forward_rows, pair_costs, sample_tokens
 from .features import FeatureChunk
-from .fused import available
+from .fused import PEAK_CELLS, available, refined_peaks
 from .refine import PixelSettings, prefetch_frames, refine_tracks
 from .streaming import DeviceWindow, to_device
 
@@ -70,6 +70,8 @@ def read_out(cost: torch.Tensor, readout: str = "refined", window: int = 2) -> t
     if readout not in DIT_READOUTS:
         raise ValueError(f"Unknown read-out {readout!r}; use one of {DIT_READOUTS}.")
     n, h, w = cost.shape
+    if readout == "refined" and window >= 1 and available(cost.device) and h * w <= PEAK_CELLS:
+        return refined_peaks(cost, window)  # one kernel for the three dozen small ops below
     peak, flat = cost.reshape(n, -1).max(dim=1)
     row, col = (flat // w).float(), (flat % w).float()
     if readout == "argmax" or window < 1:

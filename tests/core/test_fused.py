@@ -65,6 +65,40 @@ print(json.dumps([[(results[(True, s)].position - results[(False, s)].position).
                    (results[(False, s)].residual < 0.25).float().mean().item()] for s in (True, False)]))
 """
 
+TEMPLATE = """
+import json, torch
+from difftrack_pack.ditcorr import fused, refine
+generator = torch.Generator().manual_seed(1)
+images = torch.rand(3, 1, 40, 56, generator=generator)
+# Points inside, on the edge and beyond it (border padding), at fractional pixels; two radii and similarities.
+at = torch.rand(3, 20, 2, generator=generator) * torch.tensor([70.0, 54.0]) - torch.tensor([7.0, 7.0])
+errors = []
+for radius, similarity in ((5, 0.1), (2, 0.3)):
+    weights, terms = fused.template_level(images, at, radius, similarity)
+    expected_weights, expected_terms = refine.template_terms(images, at, radius, similarity)
+    errors.append([(weights - expected_weights).abs().max().item(), (terms - expected_terms).abs().max().item(),
+                   expected_terms.abs().max().item()])
+print(json.dumps(errors))
+"""
+
+PEAKS = """
+import json, torch
+from difftrack_pack.ditcorr import track
+generator = torch.Generator().manual_seed(2)
+errors = []
+# Grids that are not powers of two, peaks anywhere (the border's corners included), windows 2 and 1.
+for n, h, w, window in ((37, 15, 26, 2), (9, 4, 3, 1), (5, 30, 52, 2)):
+    cost = torch.rand(n, h, w, generator=generator) ** 4
+    cost[0, 0, 0] = cost[1, h - 1, w - 1] = cost[2, 0, w - 1] = 2.0
+    results = []
+    for fused in (False, True):
+        track.available = lambda device, fused=fused: fused  # the kernel on CPU tensors: Triton's interpreter runs it
+        results.append(track.read_out(cost, "refined", window))
+    (position, peak), (fused_position, fused_peak) = results
+    errors.append([(position - fused_position).abs().max().item(), (peak - fused_peak).abs().max().item()])
+print(json.dumps(errors))
+"""
+
 
 def interpreted(script: str) -> list:
     """Run `script` with Triton's interpreter on; its last line of output, read as JSON."""
@@ -90,8 +124,19 @@ def test_off_cuda_the_torch_ops_run():
     assert not available(torch.device("cuda"), 24)  # not a power of two: the torch ops, whatever the device
 
 
+def test_refined_peak_kernel_equals_the_torch_ops():
+    for position_error, peak_error in interpreted(PEAKS):
+        assert position_error <= 1e-5 and peak_error == 0
+
+
+def test_template_kernel_equals_the_torch_ops():
+    """The template's weights and sums from the kernel against refine.template_terms, points beyond the edges too."""
+    for weight_error, term_error, largest in interpreted(TEMPLATE):
+        assert weight_error <= 1e-5 and term_error <= 1e-5 * max(1.0, largest)  # float32 rounding
+
+
 def test_lucas_kanade_kernel_equals_the_torch_ops():
-    """align with each pyramid level's updates in the kernel against the torch ops, for a template shared by every
+    """align with each pyramid level's template and updates in the kernels against the torch ops, for a template shared by every
     target and for one template per target."""
     for position_error, residual_error, aligned in interpreted(ALIGN):
         assert position_error <= 1e-3 and residual_error <= 1e-4  # float32 rounding of the same steps
