@@ -15,7 +15,10 @@ torch ops instead of the fused kernel (ditcorr.fused; the same off CUDA), and
 fused_vs_torch_ops_px, how far the refined read-out's points move between the two;
 pixel_s, the pixel step alone on the refined tracks, and pixel_frames_on_device_s, the
 same with the frames already on the device; peak_extra_mem_gib, device memory tracking
-needs on top of the model and whatever the features occupy. Medians of repeats.
+needs on top of the model and whatever the features occupy; with the pixel step,
+track_after_copying_extraction_s (and its ratio to forward_s), tracking when its frames
+started copying before the extraction, as Track Points does when it extracts the
+features itself (given features from Extract Features, it is track_s). Medians of repeats.
 forward_vs_gpu and track_to_forward_ratio compare within the run; tracks_equal says the tracks
 are the same whatever the storage.
 """
@@ -57,8 +60,8 @@ def main() -> None:
     run = bench.random_model_run(args, SIZES)
 
     from difftrack_pack.ditcorr import DeviceWindow
-    from difftrack_pack.ditcorr.refine import refine_tracks
-    from difftrack_pack.ditcorr.track import TrackSettings, track_points
+    from difftrack_pack.ditcorr.refine import prefetch_frames, refine_tracks
+    from difftrack_pack.ditcorr.track import PIXEL_READOUT, TrackSettings, track_points
     from difftrack_pack.nodes.capture import CaptureRequest
     from difftrack_pack.nodes.extract import extract_from_latent
 
@@ -73,19 +76,24 @@ def main() -> None:
 
         features = extract()  # warm-up
         # A fresh window per call, as each Track Points run makes: its first chunk's copy is part of the cost.
-        track = lambda readout=args.readout, fused_kernel=True: track_points(  # noqa: E731
+        track = lambda readout=args.readout, fused_kernel=True, copier=None: track_points(  # noqa: E731
             features.select_many(), queries, frame_size, args.frames,
             TrackSettings(readout=readout, fused_kernel=fused_kernel), device_window=DeviceWindow(args.device),
-            frames=frames)
+            frames=frames, copier=copier)
         track()  # warm-up (and the kernel's compilation)
         if args.profile:
             run.profile(track, f"tracking, {storage} storage")
-        forward_times, track_times, dit_times, torch_ops_times = [], [], [], []
+        forward_times, track_times, dit_times, torch_ops_times, overlapped_times = [], [], [], [], []
         for _ in range(args.repeats):
             seconds, features = run.timed(extract)
             forward_times.append(seconds)
             seconds, tracks = run.timed(track)
             track_times.append(seconds)
+            if args.readout == PIXEL_READOUT:  # as Track Points runs with a model: frames copy while it extracts
+                copier = prefetch_frames(frames, queries, torch.device(args.device))
+                features.release()
+                features = extract()
+                overlapped_times.append(run.timed(lambda: track(copier=copier))[0])
             dit_times.append(run.timed(lambda: track("refined"))[0])
             torch_ops_times.append(run.timed(lambda: track(fused_kernel=False))[0])
         # The fused kernel against the torch ops on the DiT read-out, where it acts: how far the tracks move.
@@ -112,6 +120,9 @@ def main() -> None:
                   "dit_track_s": round(statistics.median(dit_times), 4),
                   "track_to_forward_ratio": round(track_s / forward_s, 4), "peak_extra_mem_gib": extra_mem,
                   "torch_ops_track_s": round(statistics.median(torch_ops_times), 4),
+                  **({"track_after_copying_extraction_s": round(statistics.median(overlapped_times), 4),
+                      "track_after_copying_extraction_ratio": round(statistics.median(overlapped_times) / forward_s, 4)}
+                     if overlapped_times else {}),
                   "pixel_s": round(statistics.median(pixel_times), 4),
                   "pixel_frames_on_device_s": round(statistics.median(pixel_on_device_times), 4),
                   "fused_vs_torch_ops_px": {"max": round(moved.max().item(), 4), "mean": round(moved.mean().item(), 5)},
@@ -119,7 +130,8 @@ def main() -> None:
                   "visible_fraction": round(tracks.visible.float().mean().item(), 3),
                   "all_s": {"forward": [round(t, 4) for t in forward_times], "track": [round(t, 4) for t in track_times],
                             "dit_track": [round(t, 4) for t in dit_times],
-                            "torch_ops_track": [round(t, 4) for t in torch_ops_times]}}
+                            "torch_ops_track": [round(t, 4) for t in torch_ops_times],
+                            "track_after_copying_extraction": [round(t, 4) for t in overlapped_times]}}
         features.release()
         return result, tracks.path.cpu()
 
@@ -135,7 +147,7 @@ def main() -> None:
         "readout": args.readout,
         "tokens_per_frame": (size["latent_hw"][0] // 2) * (size["latent_hw"][1] // 2), "block": block,
         **{key: first[key] for key in ("chunks", "forward_s", "track_s", "dit_track_s", "track_to_forward_ratio",
-                                       "peak_extra_mem_gib")},
+                                       "track_after_copying_extraction_ratio", "peak_extra_mem_gib") if key in first},
         "tracks_equal": all(torch.equal(path, next(iter(paths.values()))) for path in paths.values()),
         "by_storage": by_storage,
     }))

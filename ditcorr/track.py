@@ -24,7 +24,7 @@ from .cost import forward_rows, pair_costs, sample_tokens
 from .features import FeatureChunk
 from .fused import PEAK_CELLS, available, refined_peaks
 from .refine import PixelSettings, prefetch_frames, refine_tracks
-from .streaming import DeviceWindow, to_device
+from .streaming import DeviceWindow, FrameCopier, to_device
 
 Chunks = list[FeatureChunk]
 DIT_READOUTS = ("argmax", "refined")  # from the DiT's costs alone
@@ -109,7 +109,8 @@ def _mean_over(holders, selections: list[Chunks], device_window: DeviceWindow, c
 
 def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tuple[int, int], frame_count: int,
                  settings: TrackSettings = TrackSettings(), on_frame: Callable[[], None] = lambda: None,
-                 device_window: DeviceWindow | None = None, frames: torch.Tensor | None = None) -> Tracks:
+                 device_window: DeviceWindow | None = None, frames: torch.Tensor | None = None,
+                 copier: FrameCopier | None = None) -> Tracks:
     """Track query points through a video.
 
     selections: one chunk list per fused (block, step) capture, as
@@ -120,6 +121,8 @@ def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tu
     device_window: where to compute (features stored elsewhere are streamed there a few chunks at a time); None =
         where the features live.
     frames: [T, H, W, C] the video in [0, 1], for the refined+pixel read-out (anywhere: copied a few at a time).
+    copier: those frames already on their way (prefetch_frames of the same frames and queries), when the caller
+        started them before extracting the features so that the copies overlap the extraction; closed here.
     Returns Tracks over all `frame_count` source frames, on the compute device.
     """
     if settings.readout == PIXEL_READOUT:
@@ -130,15 +133,14 @@ def track_points(selections: list[Chunks], queries: torch.Tensor, frame_size: tu
             raise ValueError(f"The frames ({list(frames.shape)}) are not the tracked video's {frame_count} frames of "
                              f"{frame_size[1]}x{frame_size[0]}: give the images the features were extracted from.")
     first = selections[0][0][1]
-    copier = None
-    if settings.readout == PIXEL_READOUT:  # the frames start copying now, while the DiT read-out runs
+    if settings.readout == PIXEL_READOUT and copier is None:  # the frames start copying now, while the DiT read-out runs
         device = device_window.device if device_window is not None and device_window.device is not None else first.q.device
         copier = prefetch_frames(frames, queries, device, settings.pixel)
     with copier or contextlib.nullcontext():
         positions, token_tracks = track_token_frames(selections, queries, frame_size, frame_count, settings, on_frame,
                                                      device_window)
         tracks = _to_source_frames(positions, token_tracks, queries, frame_count)
-        if copier is None:
+        if settings.readout != PIXEL_READOUT:
             return tracks
         grid = first.q.shape[2:4]
         token_size = (frame_size[1] / grid[1], frame_size[0] / grid[0])

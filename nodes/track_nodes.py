@@ -1,6 +1,7 @@
 """Nodes for point tracking: track clicked points, draw the tracks, save them."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -10,6 +11,7 @@ from comfy_api.latest import io, ui
 
 from ..ditcorr.draw import draw_tracks, point_masks
 from ..ditcorr.points import grid_points, parse_points, to_comfy_tracks, tracks_to_csv, tracks_to_json, tracks_to_npz
+from ..ditcorr.refine import prefetch_frames
 from ..ditcorr.track import PIXEL_READOUT, READOUTS, Tracks, TrackSettings, track_points
 from .analysis import choose_captured_block, with_best_block
 from .extract import VideoExtraction, extraction_inputs, progress_step
@@ -120,10 +122,14 @@ class TrackPoints(io.ComfyNode):
             parts = []
             for frame, rows in groups:  # one extraction per query frame, with that frame in every chunk
                 reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
-                extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
-                bar = comfy.utils.ProgressBar(max(1, len(positions) - 1))  # every frame but the query's
-                parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
-                                                 settings, progress_step(bar), compute_window(), images)))
+                window = compute_window()
+                # The pixel step's frames copy to the device while the model runs.
+                copier = prefetch_frames(images, queries[rows], window.device, settings.pixel) if readout == PIXEL_READOUT else None
+                with copier or contextlib.nullcontext():
+                    extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
+                    bar = comfy.utils.ProgressBar(max(1, len(positions) - 1))  # every frame but the query's
+                    parts.append((rows, track_points(extracted.select_many(), queries[rows], frame_size, frame_count,
+                                                     settings, progress_step(bar), window, images, copier)))
                 extracted.release()
             tracks = merge(parts, queries.shape[0])
         radius = max(2.0, min(frame_size) / 90)
