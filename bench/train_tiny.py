@@ -167,12 +167,25 @@ def sample_sigmas(count: int, generator: torch.Generator, shifted_fraction: floa
     return torch.where(torch.arange(count) < round(count * shifted_fraction), shifted, u)
 
 
+def velocity_loss(predicted: torch.Tensor, target: torch.Tensor, temporal_weight: float) -> torch.Tensor:
+    """Flow matching's MSE on velocities [B, C, T, h, w], plus temporal_weight times the MSE of their frame-to-frame
+    differences. A prediction that damps motion errs by the clip's temporal variation, a small share of the plain
+    MSE (consecutive latents are nearly equal) but all of the difference term: this weights what the samples lose."""
+    error = predicted - target
+    loss = error.pow(2).mean()
+    if temporal_weight:
+        loss = loss + temporal_weight * error.diff(dim=2).pow(2).mean()
+    return loss
+
+
 def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minutes: float, batch: int, device: str,
-              compile_model: bool, ema_decay: float, shifted_fraction: float, peak_lr: float, log: list) -> int:
+              compile_model: bool, ema_decay: float, shifted_fraction: float, peak_lr: float, log: list,
+              temporal_weight: float = 0.0) -> int:
     """Trains `dit` in place on latents [N, 16, T, h, w] (normalised clean latents on `device`). Stops at max_steps or
     after `minutes` (compilation included); the learning rate decays over whichever comes first. Leaves in `dit` the
     exponential moving average of its weights with `ema_decay` (0: its final weights); returns the number of steps.
-    shifted_fraction: of the noise levels (sample_sigmas); peak_lr: AdamW's learning rate after warm-up."""
+    shifted_fraction: of the noise levels (sample_sigmas); peak_lr: AdamW's learning rate after warm-up;
+    temporal_weight: see velocity_loss."""
     parameters = list(dit.parameters())
     average = [p.detach().clone() for p in parameters]
     optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -191,7 +204,7 @@ def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minut
         noisy = clean + sigma.view(-1, 1, 1, 1, 1) * (noise - clean)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
             velocity = forward(noisy, sigma * 1000, context)
-        loss = F.mse_loss(velocity.float(), noise - clean)
+        loss = velocity_loss(velocity.float(), noise - clean, temporal_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -242,6 +255,8 @@ def main() -> None:
     parser.add_argument("--shifted-fraction", type=float, default=0.5,
                         help="of the DiT's noise levels, the fraction drawn as the shift-8 sampler spends its steps "
                              "(near 1, where motion is decided); the rest uniform")
+    parser.add_argument("--temporal-weight", type=float, default=0.0,
+                        help="weight of the frame-to-frame differences' MSE in the DiT's loss (0: plain flow matching)")
     parser.add_argument("--lr", type=float, default=5e-4, help="the DiT's peak learning rate")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     parser.add_argument("--resume", type=Path, help="a folder this script wrote: keep its VAE, train its DiT further")
@@ -285,7 +300,7 @@ def main() -> None:
     if args.resume:
         load(dit, args.resume / TRAINED_DIT)
     steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
-                      args.ema_decay, args.shifted_fraction, args.lr, log)
+                      args.ema_decay, args.shifted_fraction, args.lr, log, args.temporal_weight)
     lap("dit")
     args.out.mkdir(parents=True, exist_ok=True)
     save(vae, args.out / TRAINED_VAE)
