@@ -15,7 +15,10 @@ background pan (the flow's per-axis median, averaged over the clip) points withi
 Prints one JSON line: mf_unguided, pan_match_unguided, seconds_unguided, and per schedule (`by_schedule`; the first
 one's also at the top level) mf_guided, pan_match_guided (fractions of clips), amf_loss_before / amf_loss_after
 (the flow loss at the first and last computed gradient of each guided step, averaged), seconds_guided (per clip);
-and the settings.
+and the settings. With --embeddings, `embeddings`: motion embeddings learned during a generation with the clip's
+noise (mf_learning, pan_match_learning, their amf_loss_before / after, seconds_learning), then applied with the
+next seed's noise and no optimisation (mf_zero_shot, pan_match_zero_shot, seconds_zero_shot) against that seed
+unguided (mf_unguided_other_seed, pan_match_unguided_other_seed).
 
 Cost (--cost): a random-weight Wan 2.1 at 480x832 and 81 frames (1.3b: 21 latent frames; tiny: 64x64, 5) samples
 `--steps` steps of euler with CFG (cfg 5, cond and uncond batched), plainly and with the Motion Transfer Sampler
@@ -125,6 +128,9 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true", help="time guided against plain sampling (random weights)")
     parser.add_argument("--schedules", default="0:1", help="frame window (0 = all pairs), gradient_every and (quality "
                                                           "runs) 1 to inject K/V at block 0, as W:G[:I], comma-separated")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also learn motion embeddings on each reference (the first schedule's window and "
+                             "gradient reuse) and reuse them zero-shot with another seed")
     args = parser.parse_args()
     if args.cost:
         print(json.dumps(cost(args)))
@@ -138,7 +144,7 @@ def main() -> None:
     from difftrack_pack.ditcorr.motion import motion_fidelity
     from difftrack_pack.ditcorr.synthetic import make_clip
     from difftrack_pack.nodes.cag_nodes import ZeroConditioning
-    from difftrack_pack.nodes.motion_nodes import MotionFlowFromVideo
+    from difftrack_pack.nodes.motion_nodes import ApplyMotionEmbeddings, MotionFlowFromVideo
     from difftrack_pack.nodes.motion_transfer import TransferSettings, transfer_sampler
 
     model = comfy.sd.load_diffusion_model(str(TRAINED / TRAINED_DIT))
@@ -148,10 +154,10 @@ def main() -> None:
     schedules = {schedule: (*(int(part) for part in schedule.split(":")), 0)[:3] for schedule in args.schedules.split(",")}
     sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", args.steps)
 
-    def generate(sampler, seed: int) -> tuple[torch.Tensor, float]:
+    def generate(sampler, seed: int, sampled=model) -> tuple[torch.Tensor, float]:
         latent = torch.zeros(1, 16, FRAMES, SIZE // 8, SIZE // 8)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-        guider = comfy.samplers.CFGGuider(model)
+        guider = comfy.samplers.CFGGuider(sampled)
         guider.set_conds(positive, positive)
         guider.set_cfg(1.0)
         begin = time.perf_counter()
@@ -164,7 +170,8 @@ def main() -> None:
         tracks, pan = flow_tracks(video)
         return motion_fidelity(reference_tracks, tracks), float(same_direction(pan, reference_pan))
 
-    rows = {name: [] for name in ("unguided", *schedules)}
+    rows = {name: [] for name in ("unguided", *schedules, "embeddings")}
+    euler = comfy.samplers.sampler_object("euler")
     for index in range(args.clips):
         clip_seed = args.seed * 100_003 + index
         reference = make_clip(clip_seed, (SIZE, SIZE), FRAMES).frames
@@ -185,10 +192,28 @@ def main() -> None:
             rows[name].append({"mf_guided": mf, "pan_match_guided": pan, "seconds_guided": guided_s,
                                "amf_loss_before": statistics.fmean(losses[0] for losses in report),
                                "amf_loss_after": statistics.fmean(losses[-1] for losses in report)})
+        if args.embeddings:  # learned with this clip's noise, then reused with the next seed's, no optimisation
+            window, every, _ = next(iter(schedules.values()))
+            report, learned = [], []
+            settings = TransferSettings(args.guided, args.iterations, start_rate, end_rate, gradient_every=every,
+                                        optimise="embeddings")
+            video, learning_s = generate(transfer_sampler("euler", flows[window], settings, report, learned), clip_seed)
+            mf, pan = scores(video, reference_tracks, reference_pan)
+            patched = run_node(ApplyMotionEmbeddings, model=model, motion_embeddings=learned[0]).args[0]
+            zero_shot, zero_shot_s = generate(euler, clip_seed + 1, patched)
+            mf_zero_shot, pan_zero_shot = scores(zero_shot, reference_tracks, reference_pan)
+            mf_other, pan_other = scores(generate(euler, clip_seed + 1)[0], reference_tracks, reference_pan)
+            rows["embeddings"].append({
+                "mf_learning": mf, "pan_match_learning": pan, "mf_zero_shot": mf_zero_shot,
+                "pan_match_zero_shot": pan_zero_shot, "mf_unguided_other_seed": mf_other,
+                "pan_match_unguided_other_seed": pan_other, "seconds_learning": learning_s,
+                "seconds_zero_shot": zero_shot_s, "amf_loss_before": statistics.fmean(losses[0] for losses in report),
+                "amf_loss_after": statistics.fmean(losses[-1] for losses in report)})
     mean = lambda runs: {key: round(statistics.fmean(run[key] for run in runs), 4) for key in runs[0]}  # noqa: E731
     by_schedule = {name: mean(rows[name]) for name in schedules}
     print(json.dumps({
         **by_schedule[next(iter(schedules))], **mean(rows["unguided"]), "by_schedule": by_schedule,
+        **({"embeddings": mean(rows["embeddings"])} if args.embeddings else {}),
         "model": "wan2.1-tiny", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "seed": args.seed, "clips": args.clips, "steps": args.steps, "iterations": args.iterations,
         "guided": args.guided, "rate": args.rate, "blocks": args.blocks,

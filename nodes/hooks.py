@@ -63,12 +63,17 @@ class SelfAttentionCall:
         b, length, width = tensor.shape
         return tensor.view(b, length, heads, width // heads).transpose(1, 2)
 
-    def run_with(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The real attention with the video tokens' keys and values replaced by k, v [B or 1, H, L_video, D]."""
-        keys, values = self.args[1].clone(), self.args[2].clone()
-        self._heads_first(keys)[:, :, self.video] = k.to(keys.dtype)  # a view: writes into keys
-        self._heads_first(values)[:, :, self.video] = v.to(values.dtype)
-        return self.run((self.args[0], keys, values, *self.args[3:]))
+    def run_with(self, k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                 q: torch.Tensor | None = None) -> torch.Tensor:
+        """The real attention with the video tokens' keys, values and/or queries replaced by those given
+        ([B or 1, H, L_video, D] each; None keeps the call's own)."""
+        given = []
+        for new, tensor in zip((q, k, v), self.args[:3]):
+            if new is not None:
+                tensor = tensor.clone()
+                self._heads_first(tensor)[:, :, self.video] = new.to(tensor.dtype)  # a view: writes into the clone
+            given.append(tensor)
+        return self.run((*given, *self.args[3:]))
 
     @property
     def text(self) -> slice:

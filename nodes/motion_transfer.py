@@ -3,6 +3,7 @@ latent is optimised so that the generation's soft AMF at the guidance blocks mat
 then the sampler takes its normal step from the optimised latent."""
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field
 from typing import Callable
@@ -13,6 +14,7 @@ import comfy.model_management
 import comfy.samplers
 
 from ..ditcorr.amf import FlowLoss, MotionFlow, all_pairs, flow_loss, hard_amf, soft_amf
+from ..ditcorr.motion_embeddings import MotionEmbeddings, identity_table, modulate
 from .adapters import ADAPTERS, adapter_for
 from .capture import ForwardStopped
 from .differentiable import differentiable_forwards
@@ -23,6 +25,7 @@ from .vocabulary import capture_request, model_and_adapter
 
 
 DIFFERENTIABLE_FAMILIES = [adapter.name for adapter in ADAPTERS if adapter.rope_modules]
+OPTIMISED = ("latent", "embeddings")  # what guidance optimises
 
 
 def motion_flow(model, latent: torch.Tensor, positions: tuple[float, ...], frame_size: tuple[int, int],
@@ -127,6 +130,30 @@ class ReferenceKV(AttentionHook):
         return call.run_with(*self.recorded[call.block])
 
 
+class PositionModulation(AttentionHook):
+    """Motion embeddings at work: at every block, the video tokens' queries and keys after the model's RoPE
+    multiplied by position tables (ditcorr.motion_embeddings.modulate). `tables` gives a sampling step's (q, k)
+    tables or None (that step runs as the model would): fixed tables per step (applying learned embeddings), or the
+    ones being optimised."""
+
+    def __init__(self, adapter, diffusion_model, tables: Callable[[int], tuple[torch.Tensor, torch.Tensor] | None],
+                 embeddings: MotionEmbeddings | None = None):
+        super().__init__(adapter, diffusion_model, list(range(adapter.block_count(diffusion_model))))
+        self.tables = tables
+        self.embeddings = embeddings  # checked against each forward, when given
+
+    def on_forward(self, info) -> None:
+        if self.embeddings is not None:
+            self.embeddings.check_fits(self.adapter.name, info.grid, self.adapter.head_dim(self.diffusion_model))
+
+    def on_self_attention(self, call: SelfAttentionCall) -> torch.Tensor:
+        tables = self.tables(call.forward.step)
+        if tables is None:
+            return call.run()
+        q_table, k_table = (table.to(call.q.device) for table in tables)
+        return call.run_with(k=modulate(call.k[:, :, call.video], k_table), q=modulate(call.q[:, :, call.video], q_table))
+
+
 @dataclass
 class TransferSettings:
     """DiTFlow's schedule: the first `guided_share` of the steps guided, `iterations` Adam steps on the latent
@@ -148,8 +175,14 @@ class TransferSettings:
     checkpoint_blocks: bool = True  # recompute the blocks before the deepest guidance block in the backward pass
     gradient_every: int = 3  # a forward and backward on every n-th iteration of a step; 1 = all, as published
     inject_blocks: tuple[int, ...] = ()  # blocks whose keys and values come from the noised reference on guided steps
+    optimise: str = "latent"  # "latent" (DiTFlow's default) or "embeddings" (its positional-embedding variant)
 
     def __post_init__(self):
+        if self.optimise not in OPTIMISED:
+            raise ValueError(f"optimise is {self.optimise!r}: choose one of {', '.join(OPTIMISED)}.")
+        if self.optimise == "embeddings" and self.inject_blocks:
+            raise ValueError("Key/value injection goes with optimising the latent: turn inject_reference off to "
+                             "learn motion embeddings.")
         if self.gradient_every < 1:
             raise ValueError(f"gradient_every is {self.gradient_every}: compute the gradient at least on every "
                              "iteration's first (1), or reuse it for n - 1 iterations after (n > 1).")
@@ -171,30 +204,34 @@ def check_flow_fits(flow: MotionFlow, latent: torch.Tensor, grid: tuple[int, int
                          "the flow from a reference of the generation's size.")
 
 
-def optimise_latent(loss_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iterations: int,
-                    rate: float, gradient_every: int = 1) -> tuple[torch.Tensor, list[float]]:
-    """`iterations` Adam steps on a copy of the latent x, minimising loss_of; gradients are taken with respect to
-    the latent alone (never accumulated on weights), on iterations 0, gradient_every, 2 * gradient_every ...; the
-    steps between reuse the last one. Returns (the optimised latent, the loss of each computed gradient)."""
+def optimise(loss_of: Callable[..., torch.Tensor], values: tuple[torch.Tensor, ...], iterations: int,
+             rate: float, gradient_every: int = 1) -> tuple[tuple[torch.Tensor, ...], list[float]]:
+    """`iterations` Adam steps on copies of `values` (the latent, or position tables), minimising loss_of(*values);
+    gradients are taken with respect to them alone (never accumulated on weights), on iterations 0,
+    gradient_every, 2 * gradient_every ...; the steps between reuse the last one. Returns (the optimised values, in
+    their dtypes, and the loss of each computed gradient)."""
     with torch.inference_mode(False), torch.enable_grad():
-        latent = x.detach().clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([latent], lr=rate)
-        losses, gradient = [], None
+        optimised = [value.detach().clone().requires_grad_(True) for value in values]
+        optimiser = torch.optim.Adam(optimised, lr=rate)
+        losses, gradients = [], None
         for iteration in range(iterations):
             comfy.model_management.throw_exception_if_processing_interrupted()
             if iteration % gradient_every == 0:
-                loss = loss_of(latent)
-                (gradient,) = torch.autograd.grad(loss, [latent])
+                loss = loss_of(*optimised)
+                gradients = torch.autograd.grad(loss, optimised)
                 losses.append(float(loss.detach()))
-            latent.grad = gradient
+            for value, gradient in zip(optimised, gradients):
+                value.grad = gradient
             optimiser.step()
-    return latent.detach().to(x.dtype), losses
+    return tuple(value.detach().to(original.dtype) for value, original in zip(optimised, values)), losses
 
 
-def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
-                     report: list | None = None) -> comfy.samplers.KSAMPLER:
-    """A SAMPLER: `base` (a ComfyUI sampler name) step by step through the guided steps, each preceded by the latent
-    optimisation, then the rest of the schedule in one call. report, if given, receives each guided step's losses."""
+def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings, report: list | None = None,
+                     learned: list | None = None) -> comfy.samplers.KSAMPLER:
+    """A SAMPLER: `base` (a ComfyUI sampler name) step by step through the guided steps, each preceded by the
+    optimisation of the latent (or of position tables: settings.optimise), then the rest of the schedule in one
+    call. report, if given, receives each guided step's losses; learned, with optimise "embeddings", receives the
+    run's MotionEmbeddings (tables on the CPU)."""
     base_function = comfy.samplers.ksampler(base).sampler_function
 
     def sample(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -246,8 +283,9 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
             def loss(latent: torch.Tensor) -> torch.Tensor:
                 probe = FlowProbe(adapter, base_model.diffusion_model, flow)
                 options = probe.install_options(step_options)
-                if settings.checkpoint_blocks:  # hooked blocks run as they are: a recompute in the backward pass
-                    # happens outside the forward, where hooks stand aside, and would differ from what was saved
+                # Hooked blocks run as they are: a recompute in the backward pass happens outside the forward, where
+                # hooks stand aside, and would differ from what was saved. Learned position tables hook every block.
+                if settings.checkpoint_blocks and settings.optimise == "latent":
                     hooked = set(probe.blocks) | set(settings.inject_blocks)
                     options = checkpointed_blocks(options, adapter, [b for b in range(probe.blocks[-1])
                                                                      if b not in hooked])
@@ -261,15 +299,32 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings,
                            for b in probe.blocks) / len(probe.blocks)
             return loss
 
+        def modulated(options: dict, tables: tuple[torch.Tensor, torch.Tensor]) -> dict:
+            return PositionModulation(adapter, base_model.diffusion_model, lambda step: tables).install_options(options)
+
+        if settings.optimise == "embeddings":  # the model's own positions, then each step's warm-starts the next's
+            grid = adapter.token_grid(base_model.diffusion_model, x.shape)
+            tables = (identity_table(math.prod(grid), adapter.head_dim(base_model.diffusion_model), x.device),) * 2
+            embeddings = MotionEmbeddings([], grid, adapter.head_dim(base_model.diffusion_model), adapter.name)
         for step in range(guided):
             step_options = with_reference(sigmas[step])
             with differentiable_forwards(adapter, base_model.diffusion_model):
-                x, losses = optimise_latent(loss_of(sigmas[step], step_options), x, settings.iterations,
+                if settings.optimise == "latent":
+                    (x,), losses = optimise(loss_of(sigmas[step], step_options), (x,), settings.iterations,
                                             settings.rate(step, guided), settings.gradient_every)
+                else:
+                    tables, losses = optimise(
+                        lambda q_table, k_table: loss_of(sigmas[step], modulated(step_options, (q_table, k_table)))(x),
+                        tables, settings.iterations, settings.rate(step, guided), settings.gradient_every)
+            if settings.optimise == "embeddings":
+                step_options = modulated(step_options, tables)
+                embeddings.tables.append(tuple(table.cpu() for table in tables))
             if report is not None:
                 report.append(losses)
             x = base_function(model_k, x, sigmas[step:step + 2], extra_args={**extra_args, "model_options": step_options},
                               callback=shifted(step), disable=True)
+        if learned is not None and settings.optimise == "embeddings":
+            learned.append(embeddings)
         if guided == steps:
             return x
         return base_function(model_k, x, sigmas[guided:], extra_args=extra_args, callback=shifted(guided),

@@ -41,6 +41,10 @@ class Adapter:
     # goes while gradients pass through the model (nodes/differentiable.py).
     rope_modules: tuple[str, ...] = ()
 
+    def head_dim(self, diffusion_model: torch.nn.Module) -> int:
+        """Channels per self-attention head (what position tables pair up)."""
+        raise NotImplementedError(f"The pack does not read {self.name}'s head size yet.")
+
     def block_count(self, diffusion_model: torch.nn.Module) -> int:
         return len(getattr(diffusion_model, self.blocks_attribute))
 

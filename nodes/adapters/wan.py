@@ -20,6 +20,9 @@ class WanAdapter(Adapter):
             return 0
         return self.token_grid(diffusion_model, extra.shape)[0] * grid[1] * grid[2]
 
+    def head_dim(self, diffusion_model):
+        return diffusion_model.dim // diffusion_model.num_heads
+
     def zero_context(self, diffusion_model):
         text_dim = diffusion_model.text_embedding[0].in_features
         return torch.zeros(1, diffusion_model.text_len, text_dim), {}

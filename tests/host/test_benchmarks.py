@@ -40,6 +40,9 @@ def run(script: str, *args: str) -> dict:
      {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
+    ("motion_transfer.py", ("--clips", "1", "--steps", "3", "--iterations", "2", "--rate", "0.05,0.05",
+                            "--embeddings"),
+     {"mf_guided", "mf_unguided", "pan_match_guided", "amf_loss_before", "amf_loss_after", "embeddings"}),
 ])
 def test_benchmark_prints_its_json_line(script, args, keys):
     out = run(script, *args)
@@ -51,8 +54,14 @@ def test_benchmark_prints_its_json_line(script, args, keys):
     if script == "extract_e2e.py":  # per-frame: a latent frame per frame; native: Wan's 4x temporal compression
         assert out["latent_frames"] == 9 and out["native"]["latent_frames"] == 3
         assert out["total_s"] >= out["encode_s"] > 0 and sorted(out["encode_s_by_max_batch"]) == ["1", "4"]
-    if script == "motion_transfer.py":  # 5 latent frames: 20 ordered pairs, 8 of them neighbours; one guided step of
-        # 5 iterations: a gradient on each, or on iterations 0, 2 and 4
+    if script == "motion_transfer.py" and "embeddings" in out:  # both optimisations lower the flow loss; the
+        # embeddings' scores are motion fidelities (0-1) of a learning run and a zero-shot run
+        assert out["amf_loss_after"] < out["amf_loss_before"]
+        embeddings = out["embeddings"]
+        assert embeddings["amf_loss_after"] < embeddings["amf_loss_before"]
+        assert all(0 <= embeddings[key] <= 1 for key in ("mf_learning", "mf_zero_shot", "mf_unguided_other_seed"))
+    elif script == "motion_transfer.py":  # 5 latent frames: 20 ordered pairs, 8 of them neighbours; one guided step
+        # of 5 iterations: a gradient on each, or on iterations 0, 2 and 4
         schedules = out["by_schedule"]
         assert {name: (r["pairs"], r["gradients"]) for name, r in schedules.items()} == {"0:1": (20, 5), "1:2": (8, 3)}
         assert out["guided_steps"] == 1

@@ -18,7 +18,7 @@ from difftrack_pack.ditcorr.synthetic import make_clip
 from difftrack_pack.nodes.adapters import adapter_for
 from difftrack_pack.nodes.differentiable import differentiable_forwards
 from difftrack_pack.nodes.motion_nodes import MotionFlowFromVideo
-from difftrack_pack.nodes.motion_transfer import TransferSettings, optimise_latent, transfer_sampler
+from difftrack_pack.nodes.motion_transfer import TransferSettings, optimise, transfer_sampler
 from difftrack_devkit.nodes import run_node
 
 SIZE, FRAMES = 64, 9
@@ -33,11 +33,11 @@ def trained():
     return model, flow
 
 
-def sample_with(model, flow, sampler, first_step: int = 0) -> torch.Tensor:
-    """A real sampling run of `sampler` at the reference's latent layout (cfg 2, 5 steps from `first_step` on, fixed
-    noise)."""
+def sample_with(model, flow, sampler, first_step: int = 0, seed: int = 3) -> torch.Tensor:
+    """A real sampling run of `sampler` at the reference's latent layout (cfg 2, 5 steps from `first_step` on, the
+    noise of `seed`)."""
     latent = torch.zeros(1, 16, flow.latent_frames, SIZE // 8, SIZE // 8)
-    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(text_conditioning(model, 1), text_conditioning(model, 2))
     guider.set_cfg(2.0)
@@ -46,9 +46,9 @@ def sample_with(model, flow, sampler, first_step: int = 0) -> torch.Tensor:
 
 
 def generate(model, flow, settings: TransferSettings | None, base: str = "euler", report=None,
-             first_step: int = 0) -> torch.Tensor:
+             first_step: int = 0, learned=None) -> torch.Tensor:
     """sample_with the guided sampler, or the plain `base` sampler when settings is None."""
-    return sample_with(model, flow, transfer_sampler(base, flow, settings, report) if settings is not None
+    return sample_with(model, flow, transfer_sampler(base, flow, settings, report, learned) if settings is not None
                        else comfy.samplers.sampler_object(base), first_step)
 
 
@@ -106,7 +106,7 @@ def test_checkpointed_blocks_keep_a_fraction_of_the_graph(trained):
 
 
 def test_gradient_reuse_steps_adam_with_every_nth_gradient():
-    """optimise_latent computing the gradient on iterations 0, 2, 4 of 5 against a hand-written loop: Adam fed the
+    """optimise computing the gradient on iterations 0, 2, 4 of 5 against a hand-written loop: Adam fed the
     analytic gradient of a quadratic, refreshed on those iterations and reused between."""
     generator = torch.Generator().manual_seed(0)
     target, start = torch.randn(3, 4, generator=generator), torch.randn(3, 4, generator=generator)
@@ -116,7 +116,7 @@ def test_gradient_reuse_steps_adam_with_every_nth_gradient():
         evaluated.append(latent.detach().clone())
         return ((latent - target) ** 2).sum()
 
-    out, losses = optimise_latent(loss_of, start, iterations=5, rate=0.1, gradient_every=2)
+    (out,), losses = optimise(loss_of, (start,), iterations=5, rate=0.1, gradient_every=2)
     latent = start.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([latent], lr=0.1)
     for iteration in range(5):
@@ -143,15 +143,15 @@ def test_gradient_reuse_in_sampling_computes_fewer_gradients_and_still_lowers_th
 
 
 @pytest.mark.parametrize("skip_reshape", [False, True])
-def test_run_with_replaces_the_video_tokens_keys_and_values_only(skip_reshape):
+def test_run_with_replaces_the_video_tokens_keys_values_and_queries_only(skip_reshape):
     """SelfAttentionCall.run_with in both layouts a backend may receive ([B, L, H*D] with the head count, or
-    [B, H, L, D]): the attention of the queries over keys and values whose video positions are the given ones."""
+    [B, H, L, D]): the attention over keys and values (and of queries) whose video positions are the given ones."""
     from difftrack_pack.nodes.hooks import SelfAttentionCall
 
     generator = torch.Generator().manual_seed(0)
     rows, heads, length, dim, video = 2, 2, 7, 4, slice(1, 6)
     q, k, v = (torch.randn(rows, heads, length, dim, generator=generator) for _ in range(3))
-    k_new, v_new = (torch.randn(1, heads, 5, dim, generator=generator) for _ in range(2))
+    k_new, v_new, q_new = (torch.randn(1, heads, 5, dim, generator=generator) for _ in range(3))
 
     def attention(q, k, v, heads, skip_reshape=False):  # a backend: [B, L, H*D] out
         if not skip_reshape:
@@ -167,7 +167,11 @@ def test_run_with_replaces_the_video_tokens_keys_and_values_only(skip_reshape):
     keys[:, :, video], values[:, :, video] = k_new, v_new
     expected = (torch.softmax(q @ keys.transpose(-1, -2) / dim ** 0.5, dim=-1) @ values).transpose(1, 2)
     torch.testing.assert_close(call.run_with(k_new, v_new), expected.reshape(rows, length, heads * dim))
-    assert torch.equal(call.k, k) and torch.equal(call.v, v)  # the call's own tensors are left as they were
+    queries = q.clone()
+    queries[:, :, video] = q_new
+    expected = (torch.softmax(queries @ k.transpose(-1, -2) / dim ** 0.5, dim=-1) @ v).transpose(1, 2)
+    torch.testing.assert_close(call.run_with(q=q_new), expected.reshape(rows, length, heads * dim))
+    assert torch.equal(call.q, q) and torch.equal(call.k, k) and torch.equal(call.v, v)  # the call's own: as they were
 
 
 def test_injecting_the_generations_own_keys_and_values_changes_nothing(trained):
@@ -249,3 +253,75 @@ def test_a_family_it_cannot_differentiate_is_refused(trained):
     with pytest.raises(ValueError, match="not yet for HunyuanVideo"):
         guider.sample(torch.randn(latent.shape), latent, transfer_sampler("euler", flow, TransferSettings()), sigmas,
                       disable_pbar=True)
+
+
+# --- DiTFlow's positional-embedding variant: position tables learned instead of the latent, reused zero-shot ---
+
+def embeddings_settings(**given) -> TransferSettings:
+    return TransferSettings(**{"guided_share": 0.4, "iterations": 3, "rate_start": 0.05, "rate_end": 0.05,
+                               "gradient_every": 1, "optimise": "embeddings", **given})
+
+
+def test_identity_tables_sample_bit_for_bit_as_the_plain_sampler(trained):
+    """Learning at rate 0 keeps the identity tables, which run every block's queries and keys through the
+    modulation: the generation is the plain sampler's, bit for bit."""
+    model, flow = trained
+    learned = []
+    out = generate(model, flow, embeddings_settings(rate_start=0.0, rate_end=0.0), learned=learned)
+    assert torch.equal(out, generate(model, flow, None))
+    (embeddings,) = learned
+    identity = torch.eye(2).expand_as(embeddings.tables[0][0])
+    assert len(embeddings.tables) == 2 and all(torch.equal(t, identity) for pair in embeddings.tables for t in pair)
+
+
+def test_learning_embeddings_lowers_the_flow_loss_and_touches_no_weight(trained):
+    model, flow = trained
+    report, learned = [], []
+    guided = generate(model, flow, embeddings_settings(), report=report, learned=learned)
+    assert len(report) == 2 and all(losses[-1] < losses[0] for losses in report), report
+    (embeddings,) = learned
+    assert len(embeddings.tables) == 2 and embeddings.grid == (flow.latent_frames, *flow.grid)
+    assert not torch.equal(embeddings.tables[0][0], embeddings.tables[1][0])  # each step goes on from the last
+    assert not torch.equal(guided, generate(model, flow, None))
+    diffusion_model = model.get_model_object("diffusion_model")
+    assert all(parameter.grad is None and not parameter.requires_grad for parameter in diffusion_model.parameters())
+
+
+def test_learned_embeddings_apply_zero_shot_and_round_trip_through_save_and_load(trained, tmp_path, monkeypatch):
+    import folder_paths
+    from difftrack_pack.nodes.motion_nodes import (ApplyMotionEmbeddings, LoadMotionEmbeddings, SaveMotionEmbeddings,
+                                                    saved_embeddings)
+
+    model, flow = trained
+    learned = []
+    generate(model, flow, embeddings_settings(), learned=learned)
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    run_node(SaveMotionEmbeddings, motion_embeddings=learned[0], filename_prefix="pan")
+    (name,) = saved_embeddings()
+    (loaded,) = run_node(LoadMotionEmbeddings, embeddings=name).args
+    for pair, saved in zip(loaded.tables, learned[0].tables):
+        assert all(torch.equal(a, b) for a, b in zip(pair, saved))
+    (patched,) = run_node(ApplyMotionEmbeddings, model=model, motion_embeddings=loaded).args
+    # Another seed than the one they were learned with: the tables steer a run with no optimisation.
+    euler = comfy.samplers.sampler_object("euler")
+    zero_shot, plain = sample_with(patched, flow, euler, seed=4), sample_with(model, flow, euler, seed=4)
+    assert not torch.equal(zero_shot, plain)
+    assert torch.equal(sample_with(model, flow, euler, seed=4), plain)  # the model itself is left unpatched
+
+
+def test_embeddings_for_another_size_or_with_injection_are_refused(trained, tmp_path):
+    from difftrack_pack.ditcorr.motion_embeddings import MotionEmbeddings
+    from difftrack_pack.nodes.motion_nodes import ApplyMotionEmbeddings, LoadMotionEmbeddings
+
+    model, flow = trained
+    learned = []
+    generate(model, flow, embeddings_settings(guided_share=0.2, iterations=1), learned=learned)
+    other = MotionEmbeddings(learned[0].tables, (flow.latent_frames + 1, *flow.grid), learned[0].head_dim,
+                             learned[0].model)
+    (patched,) = run_node(ApplyMotionEmbeddings, model=model, motion_embeddings=other).args
+    with pytest.raises(ValueError, match="generate at the size and length they were learned at"):
+        sample_with(patched, flow, comfy.samplers.sampler_object("euler"))
+    with pytest.raises(ValueError, match="turn inject_reference off"):
+        embeddings_settings(inject_blocks=(0,))
+    with pytest.raises(ValueError, match="No motion embeddings named"):
+        run_node(LoadMotionEmbeddings, embeddings="../elsewhere.safetensors")
