@@ -248,6 +248,55 @@ GRAPHS = {
                ("decode_guided", 0, "video_guided", "images"), ("decode_unguided", 0, "video_unguided", "images"),
                ("video_guided", 0, "save_guided", "video"), ("video_unguided", 0, "save_unguided", "video")],
     ),
+    "difftrack_motion_embeddings_wan21": dict(
+        note=("## Learn a reference's motion once, reuse it for new prompts (motion embeddings, after DiTFlow)\n"
+              "1. Load the reference in **Load Video**: its first 33 frames, scaled to 832x480, are used; *Motion "
+              "Flow from Video* reads its motion from the DiT's own attention.\n"
+              "2. *Learn Motion Embeddings* generates the first prompt while it learns position tables (every "
+              "block's queries and keys, after RoPE) that make the attention move like the reference's; *Save Motion "
+              "Embeddings* writes them to `output/motion_embeddings/`.\n"
+              "3. *Apply Motion Embeddings* patches the model with them: the KSampler below generates the second "
+              "prompt with another seed and no optimisation. Later, *Load Motion Embeddings* reads a saved file "
+              "instead of learning again.\n\n"
+              "Use the same model, size, length (here 832x480, 33 frames) and schedule (steps, scheduler) for "
+              "learning and reuse. On the pack's tiny test model the effect is small (README, Benchmarks)."),
+        nodes={
+            **T2V_NODES,
+            "second": ("CLIPTextEncode", {"text": "a white dog running along a beach, tracking shot, evening light"},
+                       (360, 720)),
+            "video": ("LoadVideo", {"file": "input.mp4"}, (0, 500)),
+            "frames": ("GetVideoComponents", {}, (0, 860)),
+            "scale": ("ImageScale", SCALE, (360, 960)),
+            "cut": ("ImageFromBatch", {"batch_index": 0, "length": 33}, (360, 1200)),
+            "flow": ("DiffTrackMotionFlow", {}, (760, 860)),
+            "sigmas": ("BasicScheduler", {"scheduler": "simple", "steps": 30, "denoise": 1.0}, (760, 600)),
+            "learn": ("DiffTrackLearnMotionEmbeddings", {"noise_seed": 42, "cfg": 6.0}, (1140, 0)),
+            "save_embeddings": ("DiffTrackSaveMotionEmbeddings", {"filename_prefix": "difftrack"}, (1520, 560)),
+            "apply": ("DiffTrackApplyMotionEmbeddings", {}, (1520, 420)),
+            "reuse": ("KSampler", {**SAMPLING, "seed": 43, "sampler_name": "euler"}, (1900, 420)),
+            "decode_learned": ("VAEDecode", {}, (1520, 0)),
+            "decode_reused": ("VAEDecode", {}, (2260, 420)),
+            "video_learned": ("CreateVideo", {"fps": 16.0}, (1760, 0)),
+            "video_reused": ("CreateVideo", {"fps": 16.0}, (2500, 420)),
+            "save_learned": ("SaveVideo", {"filename_prefix": "difftrack/motion_embeddings_learning", **VIDEO_OUT},
+                             (2060, 0)),
+            "save_reused": ("SaveVideo", {"filename_prefix": "difftrack/motion_embeddings_reused", **VIDEO_OUT},
+                            (2760, 420)),
+        },
+        links=[*T2V_LINKS, ("clip", 0, "second", "clip"), ("video", 0, "frames", "video"),
+               ("frames", 0, "scale", "image"), ("scale", 0, "cut", "image"),
+               ("model", 0, "flow", "model"), ("vae", 0, "flow", "vae"), ("cut", 0, "flow", "images"),
+               ("model", 0, "sigmas", "model"), *sampler_links("learn", "model"),
+               ("flow", 0, "learn", "motion_flow"), ("sigmas", 0, "learn", "sigmas"),
+               ("learn", 1, "save_embeddings", "motion_embeddings"),
+               ("model", 0, "apply", "model"), ("learn", 1, "apply", "motion_embeddings"),
+               ("apply", 0, "reuse", "model"), ("second", 0, "reuse", "positive"), ("negative", 0, "reuse", "negative"),
+               ("latent", 0, "reuse", "latent_image"),
+               ("learn", 0, "decode_learned", "samples"), ("vae", 0, "decode_learned", "vae"),
+               ("reuse", 0, "decode_reused", "samples"), ("vae", 0, "decode_reused", "vae"),
+               ("decode_learned", 0, "video_learned", "images"), ("decode_reused", 0, "video_reused", "images"),
+               ("video_learned", 0, "save_learned", "video"), ("video_reused", 0, "save_reused", "video")],
+    ),
     "difftrack_ksampler_cag_patch_wan21": dict(
         note=("## The stock KSampler with Cross-Attention Guidance\n"
               "**CAG** patches the model: any sampler that takes a MODEL now applies CAG on the steps between "

@@ -33,7 +33,7 @@ def load(path: Path) -> dict:
 
 
 def test_workflows_are_shipped_and_listed_by_the_server(comfy_server):
-    assert len(WORKFLOWS) == 8
+    assert len(WORKFLOWS) == 9
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-difftrack"]) == sorted(path.stem for path in WORKFLOWS)
     for path in WORKFLOWS:  # the thumbnail the template browser asks for: same name, .jpg
