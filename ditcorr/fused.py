@@ -1,4 +1,5 @@
-"""The mean over heads of attention probabilities, computed without the per-head maps (a Triton kernel on CUDA).
+"""Tracking's fine-grained work as Triton kernels on CUDA: the mean over heads of attention probabilities without
+the per-head maps, the refined read-out's peak, and the pixel step's template and Lucas–Kanade updates.
 
 Tracking's cost reads, for G frame pairs, mean_h softmax(scale * q_h . k_h) over a frame's tokens: a
 [G, N, M] map. Written with torch ops it goes through a float32 [G, H, N, M] tensor (logits, then their softmax
@@ -12,6 +13,12 @@ Their products are the tensor cores' with float32 accumulation, as torch's batch
 `head_mean_softmax` is the entry point; `available` says whether it can run (on CUDA, with Triton, for a
 power-of-two head size from 16 to 256). cost.py keeps the torch expression as the path everywhere else and as the
 reference the kernel is tested against (in Triton's interpreter on the CPU: tests/core/test_fused.py).
+
+The others replace runs of small torch ops whose launches, not their arithmetic, made tracking host-bound on a GPU
+(2,817 launches for 1,000 points over 81 frames, 48 ms of GPU work in 110 ms): `refined_peaks` (track.read_out's
+refined read-out, one program per few maps), and per pyramid level `template_level` and `lucas_kanade_level`
+(refine.template_terms and refine.lucas_kanade_steps, one program per 32 patches; in pixel_kernels.py). Each has
+its torch version as the path off CUDA and its reference in the same tests.
 """
 from __future__ import annotations
 
