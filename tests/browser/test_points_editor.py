@@ -169,15 +169,20 @@ def test_template_browser_shows_each_workflows_thumbnail(page, renderer, artifac
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("comfyui-difftrack", exact=True).first.click()  # the category (node badges say it too)
     names = [path.stem for path in WORKFLOWS]
+    page.evaluate("() => { window.difftrackCards = {}; }")
+    # Cards below the dialog's fold load their image when scrolled to: each poll scrolls to one not loaded yet.
     shown = page.wait_for_function("""(names) => {
-        const cards = {};
-        for (const image of document.querySelectorAll('[role=dialog] img')) {
+        const cards = window.difftrackCards, images = [...document.querySelectorAll('[role=dialog] img')];
+        for (const image of images) {
             let card = image;
             for (let up = 0; up < 8 && card && !names.some(n => card.textContent.includes(n)); up++) card = card.parentElement;
             const name = names.find(n => card?.textContent.includes(n));
             if (name && image.complete && image.naturalWidth > 0) cards[name] = [image.naturalWidth, image.naturalHeight];
         }
-        return Object.keys(cards).length === names.length ? cards : null;
+        if (Object.keys(cards).length === names.length) return cards;
+        const waiting = images.find(image => !image.complete || image.naturalWidth === 0) ?? images[images.length - 1];
+        waiting?.scrollIntoView({block: 'center'});
+        return null;
     }""", arg=names, timeout=30_000).json_value()
     assert shown == {name: [512, 512] for name in names}
     page.screenshot(path=artifacts / f"{renderer}_template_browser.png")
