@@ -39,7 +39,14 @@ from difftrack_devkit.host import require_host
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
 VAE_DIM = 8
-DIT_CONFIG = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=8)  # 16 MB budget for both files (bf16)
+DIT_CONFIG = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=8)  # the shipped DiT: 13.9 MB (bf16)
+
+
+def dit_config(dim: int, ffn_dim: int, layers: int) -> dict:
+    """A WanModel size. ComfyUI's loader reads a Wan checkpoint's head count as dim / 128: heads of 128 channels."""
+    if dim % 128:
+        raise ValueError(f"--dit-dim {dim}: ComfyUI reads Wan's heads as 128 channels each, so give a multiple of 128.")
+    return dict(dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128, num_layers=layers)
 
 
 def render(seed_size_frames: tuple[int, int, int]) -> np.ndarray:
@@ -77,7 +84,7 @@ def new_vae(device: str):
     return vae.to(device)
 
 
-def new_dit(device: str):
+def new_dit(device: str, config: dict = DIT_CONFIG):
     import comfy.ldm.wan.model
     import comfy.ops
     from difftrack_devkit.models import randomize_
@@ -85,7 +92,7 @@ def new_dit(device: str):
     comfy.ldm.wan.model.apply_rope1 = differentiable_rope
     dit = comfy.ldm.wan.model.WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, freq_dim=256,
                                        window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-                                       **DIT_CONFIG, operations=comfy.ops.disable_weight_init)
+                                       **config, operations=comfy.ops.disable_weight_init)
     randomize_(dit)
     with torch.no_grad():  # start as a zero predictor, as DiTs do
         dit.head.head.weight.zero_()
@@ -255,6 +262,10 @@ def main() -> None:
     parser.add_argument("--shifted-fraction", type=float, default=0.5,
                         help="of the DiT's noise levels, the fraction drawn as the shift-8 sampler spends its steps "
                              "(near 1, where motion is decided); the rest uniform")
+    parser.add_argument("--dit-dim", type=int, default=DIT_CONFIG["dim"],
+                        help="the DiT's width (a multiple of 128; heads of 128 channels); both files must stay <= 32 MB")
+    parser.add_argument("--dit-ffn", type=int, default=DIT_CONFIG["ffn_dim"], help="the DiT's feed-forward width")
+    parser.add_argument("--dit-layers", type=int, default=DIT_CONFIG["num_layers"], help="the DiT's blocks")
     parser.add_argument("--temporal-weight", type=float, default=0.0,
                         help="weight of the frame-to-frame differences' MSE in the DiT's loss (0: plain flow matching)")
     parser.add_argument("--lr", type=float, default=5e-4, help="the DiT's peak learning rate")
@@ -296,7 +307,11 @@ def main() -> None:
                       "std": round(latents.float().std().item(), 4)}), flush=True)
     lap("encode")
 
-    dit = new_dit(args.device)  # made here, after the VAE's random draws, as in the shipped run
+    config = dit_config(args.dit_dim, args.dit_ffn, args.dit_layers)
+    if previous and previous["dit_config"] != config:
+        raise ValueError(f"The run to resume trained a DiT of {previous['dit_config']}: give its --dit-dim, --dit-ffn "
+                         "and --dit-layers, or start a new run without --resume.")
+    dit = new_dit(args.device, config)  # made here, after the VAE's random draws, as in the shipped run
     if args.resume:
         load(dit, args.resume / TRAINED_DIT)
     steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
@@ -310,7 +325,7 @@ def main() -> None:
                                                              if k not in ("out", "compile", "resume"))
                    + (" --compile" if args.compile else "") + (" --resume <the previous run>" if args.resume else ""),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
-        "train_seed_base": TRAIN_SEED_BASE, "vae_dim": VAE_DIM, "dit_config": DIT_CONFIG, "dit_steps_done": steps,
+        "train_seed_base": TRAIN_SEED_BASE, "vae_dim": VAE_DIM, "dit_config": config, "dit_steps_done": steps,
         "seconds": seconds,
         "final_vae_loss": previous["final_vae_loss"] if previous else next(e["loss"] for e in reversed(log) if e["phase"] == "vae"),
         "final_dit_loss": next(e["loss"] for e in reversed(log) if e["phase"] == "dit" and e["loss"] is not None),

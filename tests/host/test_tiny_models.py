@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import comfy.sd
 import folder_paths
 import nodes
 from PIL import Image
@@ -114,3 +115,12 @@ def test_training_runs_in_parts(tmp_path):
     first_weights, second_weights = (torch.cat([p.flatten() for p in dit.parameters()]) for dit in dits)
     assert not torch.equal(first_weights, second_weights)  # trained further ...
     assert (second_weights - first_weights).norm() < 0.01 * first_weights.norm()  # ... from the first part's weights
+    # Another size of DiT, as the stock loader reads it back (heads of 128 channels); resuming it at another size
+    # is refused before any training.
+    wider = train(tmp_path / "wider", "--dit-dim", "384", "--dit-ffn", "384", "--dit-layers", "2")
+    assert wider["dit_config"] == {"dim": 384, "ffn_dim": 384, "num_heads": 3, "num_layers": 2}
+    loaded = comfy.sd.load_diffusion_model(str(tmp_path / "wider" / TRAINED_DIT)).get_model_object("diffusion_model")
+    assert (loaded.dim, loaded.num_heads, len(loaded.blocks)) == (384, 3, 2)
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        train(tmp_path / "mixed", "--resume", str(tmp_path / "wider"))
+    assert b"give its --dit-dim" in refused.value.stderr
