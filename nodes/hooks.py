@@ -108,8 +108,13 @@ def step_index(sample_sigmas: torch.Tensor | None, sigma: float) -> int:
 class AttentionHook:
     """Base for anything that acts on the self-attention of chosen blocks.
 
-    Subclasses override on_run_start / on_forward / on_self_attention.
+    Subclasses override on_run_start / on_forward / on_self_attention. A hook stands aside outside a wrapped model
+    forward, including where activation checkpointing recomputes a block in the backward pass; one whose action
+    depends on nothing a forward changes sets `acts_in_recompute`, and then acts there too, as in the last forward
+    (so its blocks can be checkpointed).
     """
+
+    acts_in_recompute = False
 
     def __init__(self, adapter: Adapter, diffusion_model: torch.nn.Module, blocks: list[int]):
         count = adapter.block_count(diffusion_model)
@@ -124,6 +129,7 @@ class AttentionHook:
         self.diffusion_model = diffusion_model
         self.blocks = sorted(blocks)
         self.forward: ForwardInfo | None = None
+        self._last_forward: ForwardInfo | None = None  # what a recompute after the forward acts as, if it acts
         self._blocks_seen: set[int] = set()  # blocks already dispatched in this forward (block_index scoping)
 
     def __deepcopy__(self, memo):
@@ -177,6 +183,7 @@ class AttentionHook:
             cond_or_uncond=list(transformer_options.get("cond_or_uncond", [0])),
             batch=x.shape[0],
         )
+        self._last_forward = self.forward
         self._blocks_seen = set()
         self.on_forward(self.forward)
         try:
@@ -204,7 +211,7 @@ class AttentionHook:
     def _block_patch(self, block: int, previous_patch: Callable | None) -> Callable:
         """A dit block replacement whose copy of transformer_options routes the block's first attention call to us."""
         def patch(args: dict, extra: dict):
-            info = self.forward
+            info = self.forward or (self._last_forward if self.acts_in_recompute else None)
             if info is not None:  # outside a wrapped forward there is nothing to act on
                 image_tokens = self.adapter.image_stream_length(args)
                 self._video_span(block, info, image_tokens)  # fail before the block runs when the layout is unknown

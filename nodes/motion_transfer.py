@@ -134,7 +134,9 @@ class PositionModulation(AttentionHook):
     """Motion embeddings at work: at every block, the video tokens' queries and keys after the model's RoPE
     multiplied by position tables (ditcorr.motion_embeddings.modulate). `tables` gives a sampling step's (q, k)
     tables or None (that step runs as the model would): fixed tables per step (applying learned embeddings), or the
-    ones being optimised."""
+    ones being optimised. Its action depends on the step alone, so blocks it hooks can be checkpointed."""
+
+    acts_in_recompute = True
 
     def __init__(self, adapter, diffusion_model, tables: Callable[[int], tuple[torch.Tensor, torch.Tensor] | None],
                  embeddings: MotionEmbeddings | None = None):
@@ -283,9 +285,10 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings, re
             def loss(latent: torch.Tensor) -> torch.Tensor:
                 probe = FlowProbe(adapter, base_model.diffusion_model, flow)
                 options = probe.install_options(step_options)
-                # Hooked blocks run as they are: a recompute in the backward pass happens outside the forward, where
-                # hooks stand aside, and would differ from what was saved. Learned position tables hook every block.
-                if settings.checkpoint_blocks and settings.optimise == "latent":
+                # Blocks the probe or the injection hook run as they are: a recompute in the backward pass happens
+                # outside the forward, where those hooks stand aside, and would differ from what was saved (the
+                # position tables' hook acts there too).
+                if settings.checkpoint_blocks:
                     hooked = set(probe.blocks) | set(settings.inject_blocks)
                     options = checkpointed_blocks(options, adapter, [b for b in range(probe.blocks[-1])
                                                                      if b not in hooked])
