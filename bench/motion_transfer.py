@@ -25,7 +25,8 @@ Cost (--cost): a random-weight Wan 2.1 at 480x832 and 81 frames (1.3b: 21 latent
 (DiTFlow's schedule: the first 20 % of the steps guided, `--iterations` Adam steps each, the middle block, the blocks
 before it checkpointed), once per `--schedules` entry W:G: the frame window W (0: every ordered pair of latent
 frames, as published; N: only pairs at most N latent frames apart, FastVMT's local pairs) and the gradient computed
-on every G-th iteration (1: all, as published; G > 1: FastVMT's gradient reuse). Prints one JSON line: plain_s, and
+on every G-th iteration (1: all, as published; G > 1: FastVMT's gradient reuse); with --embeddings each schedule also
+learns motion embeddings instead of optimising the latent (`W:G:embeddings`). Prints one JSON line: plain_s, and
 per schedule guided_s, guided_to_plain_ratio, peak_mem_gib (device memory at its highest during that sampling run,
 the model's weights included), the pairs guided and the gradients computed; plain_peak_mem_gib likewise.
 """
@@ -101,15 +102,18 @@ def cost(args) -> dict:
     schedules, settings = {}, TransferSettings(iterations=args.iterations)
     for schedule in args.schedules.split(","):
         window, every = (int(part) for part in schedule.split(":"))
-        settings = TransferSettings(iterations=args.iterations, gradient_every=every)
         flow = motion_flow(model, reference, positions, frame_size, size["frames"], None, [run.middle_block],
                            2.0, 0.0, 0, window)
-        sample(transfer_sampler("euler", flow, TransferSettings(guided_share=1.0, iterations=1)), steps=1)  # warm-up
-        report = []
-        guided_s, guided_peak = measured(transfer_sampler("euler", flow, settings, report))
-        schedules[schedule] = {"frame_window": window, "gradient_every": every, "guided_s": round(guided_s, 3),
-                               "guided_to_plain_ratio": round(guided_s / plain_s, 4), "peak_mem_gib": guided_peak,
-                               "pairs": len(flow.pairs), "gradients": sum(len(losses) for losses in report)}
+        for optimise in ("latent", "embeddings") if args.embeddings else ("latent",):
+            settings = TransferSettings(iterations=args.iterations, gradient_every=every, optimise=optimise)
+            warm_up = TransferSettings(guided_share=1.0, iterations=1, optimise=optimise)
+            sample(transfer_sampler("euler", flow, warm_up), steps=1)
+            report = []
+            guided_s, guided_peak = measured(transfer_sampler("euler", flow, settings, report))
+            schedules[schedule + (":embeddings" if optimise == "embeddings" else "")] = {
+                "frame_window": window, "gradient_every": every, "optimise": optimise, "guided_s": round(guided_s, 3),
+                "guided_to_plain_ratio": round(guided_s / plain_s, 4), "peak_mem_gib": guided_peak,
+                "pairs": len(flow.pairs), "gradients": sum(len(losses) for losses in report)}
     return {"model": f"wan2.1-{args.size}", "device": run.device_name, "latent": list(size["latent"]),
             "steps": args.steps, "guided_steps": settings.guided_steps(args.steps), "iterations": args.iterations,
             "block": run.middle_block, "checkpoint_blocks": settings.checkpoint_blocks, "plain_s": round(plain_s, 3),
@@ -130,7 +134,8 @@ def main() -> None:
                                                           "runs) 1 to inject K/V at block 0, as W:G[:I], comma-separated")
     parser.add_argument("--embeddings", action="store_true",
                         help="also learn motion embeddings on each reference (the first schedule's window and "
-                             "gradient reuse) and reuse them zero-shot with another seed")
+                             "gradient reuse) and reuse them zero-shot with another seed; with --cost, also time "
+                             "learning them per schedule")
     args = parser.parse_args()
     if args.cost:
         print(json.dumps(cost(args)))

@@ -38,7 +38,7 @@ def run(script: str, *args: str) -> dict:
       "seconds"}),
     ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2", "--from-real", "0.2", "--one-step", "0.5"),
      {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
-    ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2"),
+    ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2", "--embeddings"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
     ("motion_transfer.py", ("--clips", "1", "--steps", "3", "--iterations", "2", "--rate", "0.05,0.05",
                             "--embeddings"),
@@ -61,9 +61,10 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert embeddings["amf_loss_after"] < embeddings["amf_loss_before"]
         assert all(0 <= embeddings[key] <= 1 for key in ("mf_learning", "mf_zero_shot", "mf_unguided_other_seed"))
     elif script == "motion_transfer.py":  # 5 latent frames: 20 ordered pairs, 8 of them neighbours; one guided step
-        # of 5 iterations: a gradient on each, or on iterations 0, 2 and 4
+        # of 5 iterations: a gradient on each, or on iterations 0, 2 and 4, for the latent and for motion embeddings
         schedules = out["by_schedule"]
-        assert {name: (r["pairs"], r["gradients"]) for name, r in schedules.items()} == {"0:1": (20, 5), "1:2": (8, 3)}
+        assert {name: (r["pairs"], r["gradients"]) for name, r in schedules.items()} == {
+            "0:1": (20, 5), "1:2": (8, 3), "0:1:embeddings": (20, 5), "1:2:embeddings": (8, 3)}
         assert out["guided_steps"] == 1
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
