@@ -294,9 +294,14 @@ class SaveMotionEmbeddings(io.ComfyNode):
         return io.NodeOutput(ui=ui.PreviewText(os.path.relpath(path, folder_paths.get_output_directory())))
 
 
+def embeddings_folder() -> str:
+    """Where Save Motion Embeddings writes and Load Motion Embeddings reads."""
+    return os.path.join(folder_paths.get_output_directory(), EMBEDDINGS_FOLDER)
+
+
 def saved_embeddings() -> list[str]:
     """Files under the output folder's motion_embeddings/, relative to it."""
-    root = os.path.join(folder_paths.get_output_directory(), EMBEDDINGS_FOLDER)
+    root = embeddings_folder()
     return sorted(os.path.relpath(os.path.join(folder, name), root) for folder, _, names in os.walk(root)
                   for name in names if name.endswith(".safetensors"))
 
@@ -316,16 +321,16 @@ class LoadMotionEmbeddings(io.ComfyNode):
 
     @classmethod
     def execute(cls, embeddings) -> io.NodeOutput:
-        root = os.path.join(folder_paths.get_output_directory(), EMBEDDINGS_FOLDER)
+        root = os.path.abspath(embeddings_folder())
         path = os.path.abspath(os.path.join(root, embeddings))
-        if os.path.commonpath([path, os.path.abspath(root)]) != os.path.abspath(root) or not os.path.isfile(path):
+        if os.path.commonpath([path, root]) != root or not os.path.isfile(path):
             raise ValueError(f"No motion embeddings named {embeddings!r} under output/{EMBEDDINGS_FOLDER}/: save them "
                              "with Save Motion Embeddings, or pick one from the list.")
         return io.NodeOutput(MotionEmbeddings.from_file(path))
 
     @classmethod
     def fingerprint_inputs(cls, embeddings):
-        path = os.path.join(folder_paths.get_output_directory(), EMBEDDINGS_FOLDER, embeddings)
+        path = os.path.join(embeddings_folder(), embeddings)
         return os.path.getmtime(path) if os.path.isfile(path) else embeddings
 
 

@@ -143,16 +143,25 @@ class PositionModulation(AttentionHook):
         super().__init__(adapter, diffusion_model, list(range(adapter.block_count(diffusion_model))))
         self.tables = tables
         self.embeddings = embeddings  # checked against each forward, when given
+        self._placed: tuple[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
     def on_forward(self, info) -> None:
         if self.embeddings is not None:
             self.embeddings.check_fits(self.adapter.name, info.grid, self.adapter.head_dim(self.diffusion_model))
 
+    def _tables_on(self, step: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's tables on `device`, copied there once per step rather than at every block (saved tables live
+        in CPU memory: tens of MB at real sizes)."""
+        if self._placed is None or self._placed[0] != (step, device):
+            tables = self.tables(step)
+            self._placed = ((step, device), None if tables is None else tuple(table.to(device) for table in tables))
+        return self._placed[1]
+
     def on_self_attention(self, call: SelfAttentionCall) -> torch.Tensor:
-        tables = self.tables(call.forward.step)
+        tables = self._tables_on(call.forward.step, call.q.device)
         if tables is None:
             return call.run()
-        q_table, k_table = (table.to(call.q.device) for table in tables)
+        q_table, k_table = tables
         return call.run_with(k=modulate(call.k[:, :, call.video], k_table), q=modulate(call.q[:, :, call.video], q_table))
 
 
@@ -306,9 +315,9 @@ def transfer_sampler(base: str, flow: MotionFlow, settings: TransferSettings, re
             return PositionModulation(adapter, base_model.diffusion_model, lambda step: tables).install_options(options)
 
         if settings.optimise == "embeddings":  # the model's own positions, then each step's warm-starts the next's
-            grid = adapter.token_grid(base_model.diffusion_model, x.shape)
-            tables = (identity_table(math.prod(grid), adapter.head_dim(base_model.diffusion_model), x.device),) * 2
-            embeddings = MotionEmbeddings([], grid, adapter.head_dim(base_model.diffusion_model), adapter.name)
+            grid, head_dim = adapter.token_grid(base_model.diffusion_model, x.shape), adapter.head_dim(base_model.diffusion_model)
+            tables = (identity_table(math.prod(grid), head_dim, x.device),) * 2
+            embeddings = MotionEmbeddings([], grid, head_dim, adapter.name)
         for step in range(guided):
             step_options = with_reference(sigmas[step])
             with differentiable_forwards(adapter, base_model.diffusion_model):
