@@ -203,20 +203,19 @@ def template_level(images: torch.Tensor, at: torch.Tensor, radius: int, similari
     return weights, terms
 
 
-def lucas_kanade_level(targets: torch.Tensor, centre: torch.Tensor, template_weights: torch.Tensor,
-                       template_terms: torch.Tensor, iterations: int, radius: int,
-                       block_p: int = 32) -> torch.Tensor:
+def lucas_kanade_level(targets: torch.Tensor, centre: torch.Tensor, weights: torch.Tensor, terms: torch.Tensor,
+                       iterations: int, radius: int, block_p: int = 32) -> torch.Tensor:
     """refine.lucas_kanade_steps in one kernel: every update of every (group, point) pair of one pyramid level,
     each pair's patch read, summed and stepped on chip. Same arguments and result (float32 tensors; targets
-    [G, 1, h, w], centre [G, N, 2], template_weights [Gt, N, 4, K], template_terms [Gt, N, 7], Gt 1 or G)."""
+    [G, 1, h, w], centre [G, N, 2], the template's weights [Gt, N, 4, K] and terms [Gt, N, 7], Gt 1 or G)."""
     groups, count = centre.shape[:2]
     pixels = (2 * radius + 1) ** 2
-    if template_weights.shape[-2:] != (4, pixels) or template_weights.shape[0] not in (1, groups):
-        raise ValueError(f"Template weights {list(template_weights.shape)} do not fit {groups} groups of {count} "
+    if weights.shape[-2:] != (4, pixels) or weights.shape[0] not in (1, groups):
+        raise ValueError(f"Template weights {list(weights.shape)} do not fit {groups} groups of {count} "
                          f"points with patches of radius {radius}.")
     out = centre.float().contiguous().clone()
     _pixel_kernels()[1][((groups * count + block_p - 1) // block_p,)](
-        targets.float().contiguous(), out, template_weights.float().contiguous(), template_terms.float().contiguous(),
-        groups * count, count, targets.shape[-2], targets.shape[-1], template_weights.shape[0],
+        targets.float().contiguous(), out, weights.float().contiguous(), terms.float().contiguous(),
+        groups * count, count, targets.shape[-2], targets.shape[-1], weights.shape[0],
         ITERATIONS=iterations, RADIUS=radius, BLOCK_P=block_p, BLOCK_K=_patch_block(radius))
     return out

@@ -39,7 +39,7 @@ class PixelSettings:
     agree: float = 4.0  # pixels within which a run's direct matches confirm the track's continuation
     median_radius: int = 4  # the coarse track's running median over 2r+1 frames (within visible runs); 0 = off
     element_budget: int = 2**24  # patch pixels (frames x points x pixels) aligned in one batch: bounds the memory
-    fused_kernel: bool = True  # on CUDA, each pyramid level's updates in one Triton kernel (ditcorr.fused); False: torch ops
+    fused_kernel: bool = True  # on CUDA, each pyramid level's template and updates in Triton kernels (ditcorr.fused)
     frames_per_chunk: int = 48  # frames held on the device at once (two chunks with the prefetch): flat in video length
 
 
@@ -180,16 +180,16 @@ def _read(targets: torch.Tensor, centre: torch.Tensor, weight: torch.Tensor,
     return target, contrast
 
 
-def lucas_kanade_steps(targets: torch.Tensor, centre: torch.Tensor, template_weights: torch.Tensor,
-                       template_terms: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:
+def lucas_kanade_steps(targets: torch.Tensor, centre: torch.Tensor, weights: torch.Tensor,
+                       terms: torch.Tensor, iterations: int, radius: int) -> torch.Tensor:
     """`iterations` updates of align's Lucas–Kanade on one pyramid level, in torch ops (the path off CUDA, and
     the reference of ditcorr.fused.lucas_kanade_level, which does the same in one kernel).
 
-    targets [G, 1, h, w]; centre [G, N, 2] (x, y) pixels of this level; template_weights [Gt, N, 4, K] and
-    template_terms [Gt, N, 7]: template_terms' (Gt is G, or 1 for a template shared by every group). Returns the
-    centres after the updates, [G, N, 2]."""
-    weight, weighted_gx, weighted_gy, _ = template_weights.unbind(-2)
-    template_contrast, gx_template, gy_template, hxx, hxy, hyy, determinant = template_terms.unbind(-1)
+    targets [G, 1, h, w]; centre [G, N, 2] (x, y) pixels of this level; weights [Gt, N, 4, K] and terms
+    [Gt, N, 7]: template_terms' (Gt is G, or 1 for a template shared by every group). Returns the centres after the
+    updates, [G, N, 2]."""
+    weight, weighted_gx, weighted_gy, _ = weights.unbind(-2)
+    template_contrast, gx_template, gy_template, hxx, hxy, hyy, determinant = terms.unbind(-1)
     for _ in range(iterations):
         target, contrast = _read(targets, centre, weight, radius)
         scale = template_contrast / contrast

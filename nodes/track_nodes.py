@@ -124,7 +124,8 @@ class TrackPoints(io.ComfyNode):
                 reference = min(range(len(positions)), key=lambda i: abs(positions[i] - frame))
                 window = compute_window()
                 # The pixel step's frames copy to the device while the model runs.
-                copier = prefetch_frames(images, queries[rows], window.device, settings.pixel) if readout == PIXEL_READOUT else None
+                copier = (prefetch_frames(images, queries[rows], window.device, settings.pixel)
+                          if readout == PIXEL_READOUT else None)
                 with copier or contextlib.nullcontext():
                     extracted = extraction.extract(model, latent, positions, images, conditioning, reference)
                     bar = comfy.utils.ProgressBar(max(1, len(positions) - 1))  # every frame but the query's
