@@ -2,11 +2,12 @@
 training-style clips of the same renderer settings, measured without our DiT.
 
     python bench/generation.py --seed S --clips N [--device cpu|cuda] [--steps 20] [--shift X] [--picture P]
+                               [--motion REGIME]
 
 N clips of 256x256x13 are sampled from seed S's noise (Zero Conditioning, euler, `--steps` steps, cfg 1, the stock
 KSampler; `--shift` sets the flow sampler's shift as ModelSamplingSD3 does, else the model's own) with the tiny DiT
-and VAE of assets/tiny_wan/ (or `--unet`/`--vae`), and N clips are rendered by ditcorr/synthetic.py ("fast" motion,
-seeds drawn from S as bench/quality.py draws them: never a training clip). Per clip (bench/cag_quality.py's metrics:
+and VAE of assets/tiny_wan/ (or `--unet`/`--vae`), and N clips are rendered by ditcorr/synthetic.py (the regime the
+model was trained on, `--motion`: "fast" for the shipped one; seeds drawn from S as bench/quality.py draws them: never a training clip). Per clip (bench/cag_quality.py's metrics:
 OpenCV's DIS flow and the sprite finder of devkit/sprites.py): the background pan (the flow's per-axis median per
 frame pair), whether it moves (mean pan >= 0.5 px/frame) and moves coherently (also every frame pair's pan within
 0.75 px of the clip's mean), the longest run of frames one outlined sprite is found again in, and the warp error.
@@ -120,6 +121,8 @@ def main() -> None:
                                                         "clips partly noised (see above)")
     parser.add_argument("--one-step", default="", help="comma-separated noise levels: one-step motion correlation on "
                                                        "rendered and training clips (see above)")
+    parser.add_argument("--motion", default="fast", help="motion regime of the rendered and training clips: the one "
+                                                         "the model was trained on (bench/train_tiny.py --motion)")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
     args = parser.parse_args()
@@ -140,7 +143,8 @@ def main() -> None:
         generated += generate(model, vae, positive, args.seed + first, min(args.batch, args.clips - first), args.steps,
                               None)[0]
     sampling_s = time.perf_counter() - begin
-    real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES).frames for index in range(args.clips)]
+    real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES, motion=args.motion).frames
+            for index in range(args.clips)]
     scores = {"generated": motion_summary([clip_metrics(clip) for clip in generated]),
               "real": motion_summary([clip_metrics(clip) for clip in real])}
     real_latents = encoded(vae, real) if args.one_step or args.from_real else None  # once, for both
@@ -148,7 +152,8 @@ def main() -> None:
         from difftrack_bench.train_tiny import TRAIN_SEED_BASE
         from difftrack_pack.ditcorr.synthetic import Scene
 
-        training = [Scene(TRAIN_SEED_BASE + index, (SIZE, SIZE), FRAMES).render() for index in range(args.clips)]
+        training = [Scene(TRAIN_SEED_BASE + index, (SIZE, SIZE), FRAMES, motion=args.motion).render()
+                    for index in range(args.clips)]
         levels = [float(value) for value in args.one_step.split(",")]
         scores["one_step"] = {"rendered": one_step(model, real_latents, levels, args.seed),
                               "training": one_step(model, encoded(vae, training), levels, args.seed)}
@@ -163,7 +168,7 @@ def main() -> None:
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,
-        "clips": args.clips, "steps": args.steps, "shift": args.shift, **scores,
+        "clips": args.clips, "steps": args.steps, "shift": args.shift, "motion": args.motion, **scores,
         "meets": acceptance(scores["generated"], scores["real"]),
         "seconds_per_clip": round(sampling_s / args.clips, 2), "seconds": round(time.perf_counter() - begin, 1),
     }))

@@ -8,8 +8,8 @@ The defaults are the settings of the shipped run, which went in these two parts
 part>` keeps that part's VAE and trains its DiT further on the same clips; each
 part's record nests the one before it.
 
-Clips come from ditcorr.synthetic (256x256, 13 frames; seeds TRAIN_SEED_BASE + i,
-which bench/quality.py never draws). Then, on one GPU:
+Clips come from ditcorr.synthetic (256x256, 13 frames, the "fast" regime unless --motion
+says otherwise; seeds TRAIN_SEED_BASE + i, which bench/quality.py never draws). Then, on one GPU:
 
 1. the VAE (ComfyUI's WanVAE class, base width 8) learns to reconstruct single
    frames through its own encode/decode, the path ComfyUI takes for a one-frame
@@ -49,17 +49,18 @@ def dit_config(dim: int, ffn_dim: int, layers: int) -> dict:
     return dict(dim=dim, ffn_dim=ffn_dim, num_heads=dim // 128, num_layers=layers)
 
 
-def render(seed_size_frames: tuple[int, int, int]) -> np.ndarray:
+def render(seed_size_frames_motion: tuple[int, int, int, str]) -> np.ndarray:
     from difftrack_pack.ditcorr.synthetic import Scene
 
-    seed, size, frames = seed_size_frames
+    seed, size, frames, motion = seed_size_frames_motion
     torch.set_num_threads(1)
-    return (Scene(seed, (size, size), frames).render() * 255).round().byte().numpy()
+    return (Scene(seed, (size, size), frames, motion=motion).render() * 255).round().byte().numpy()
 
 
-def render_clips(count: int, size: int, frames: int, workers: int) -> torch.Tensor:
-    """[count, T, H, W, 3] uint8 training clips, rendered in parallel (before CUDA starts: the pool forks)."""
-    jobs = [(TRAIN_SEED_BASE + index, size, frames) for index in range(count)]
+def render_clips(count: int, size: int, frames: int, workers: int, motion: str = "fast") -> torch.Tensor:
+    """[count, T, H, W, 3] uint8 training clips of a motion regime, rendered in parallel (before CUDA starts: the
+    pool forks)."""
+    jobs = [(TRAIN_SEED_BASE + index, size, frames, motion) for index in range(count)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return torch.from_numpy(np.stack(pool.map(render, jobs, chunksize=16)))
 
@@ -187,12 +188,15 @@ def velocity_loss(predicted: torch.Tensor, target: torch.Tensor, temporal_weight
 
 def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minutes: float, batch: int, device: str,
               compile_model: bool, ema_decay: float, shifted_fraction: float, peak_lr: float, log: list,
-              temporal_weight: float = 0.0) -> int:
+              temporal_weight: float = 0.0, crop: int = 0, time_reversal: bool = True) -> int:
     """Trains `dit` in place on latents [N, 16, T, h, w] (normalised clean latents on `device`). Stops at max_steps or
     after `minutes` (compilation included); the learning rate decays over whichever comes first. Leaves in `dit` the
     exponential moving average of its weights with `ema_decay` (0: its final weights); returns the number of steps.
     shifted_fraction: of the noise levels (sample_sigmas); peak_lr: AdamW's learning rate after warm-up;
-    temporal_weight: see velocity_loss."""
+    temporal_weight: see velocity_loss; crop: train on random crop x crop windows of the latents (all frames) instead
+    of whole clips: a window of 8 x 8 tokens costs a sixteenth of a whole clip's attention, so a part on crops sees
+    several times more clips, with the same motion per frame, in the same time; time_reversal: play half the clips
+    backwards (exact for per-frame latents; off for clips whose motion has a direction to keep)."""
     parameters = list(dit.parameters())
     average = [p.detach().clone() for p in parameters]
     optimizer = torch.optim.AdamW(parameters, lr=peak_lr, weight_decay=0.01, betas=(0.9, 0.99))
@@ -204,7 +208,10 @@ def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minut
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, max(step / max_steps, (time.time() - started) / (minutes * 60)), peak_lr)
         clean = latents[torch.randint(len(latents), (batch,), generator=generator).to(device)].float()
-        reverse = (torch.rand(batch, generator=generator) < 0.5).to(device)  # per-frame latents: time reversal is exact
+        if crop:
+            top, left = (torch.randint(size - crop + 1, (1,), generator=generator).item() for size in clean.shape[-2:])
+            clean = clean[..., top:top + crop, left:left + crop]
+        reverse = (torch.rand(batch, generator=generator) < 0.5 * time_reversal).to(device)
         clean = torch.where(reverse.view(-1, 1, 1, 1, 1), clean.flip(2), clean)
         sigma = sample_sigmas(batch, generator, shifted_fraction).to(device)
         noise = torch.randn_like(clean)
@@ -246,6 +253,14 @@ def load(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
 
 
+def command_flag(name: str, value) -> str:
+    """One argument as the command line gives it (a yes/no option as --name or --no-name)."""
+    name = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=TRAINED)
@@ -268,6 +283,12 @@ def main() -> None:
     parser.add_argument("--dit-layers", type=int, default=DIT_CONFIG["num_layers"], help="the DiT's blocks")
     parser.add_argument("--temporal-weight", type=float, default=0.0,
                         help="weight of the frame-to-frame differences' MSE in the DiT's loss (0: plain flow matching)")
+    parser.add_argument("--motion", default="fast",
+                        help="motion regime of the training clips (ditcorr.synthetic); one-way: the camera pans one way")
+    parser.add_argument("--time-reversal", action=argparse.BooleanOptionalAction, default=None,
+                        help="play half the clips backwards as augmentation (default: unless the regime pans one way)")
+    parser.add_argument("--crop", type=int, default=0,
+                        help="train on random crops of this many latent pixels a side (even; 0: whole clips)")
     parser.add_argument("--lr", type=float, default=5e-4, help="the DiT's peak learning rate")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     parser.add_argument("--resume", type=Path, help="a folder this script wrote: keep its VAE, train its DiT further")
@@ -275,6 +296,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     require_host(cpu=args.device == "cpu")
+    if args.crop % 2 or args.crop > args.size // 8:
+        raise ValueError(f"--crop {args.crop}: give an even number of latent pixels up to {args.size // 8} (the latent's "
+                         "side; the DiT's patches are 2 x 2), or 0 for whole clips.")
+    from difftrack_pack.ditcorr.synthetic import MOTIONS
+
+    if args.motion not in MOTIONS:
+        raise ValueError(f"--motion {args.motion}: use one of {', '.join(MOTIONS)}.")
+    if args.time_reversal is None:
+        args.time_reversal = MOTIONS[args.motion].heading is None
     torch.manual_seed(0)
     log, seconds, marks = [], {}, [time.time()]
 
@@ -282,7 +312,7 @@ def main() -> None:
         marks.append(time.time())
         seconds[phase] = round(marks[-1] - marks[-2], 1)
 
-    clips = render_clips(args.clips, args.size, args.frames, args.workers)
+    clips = render_clips(args.clips, args.size, args.frames, args.workers, args.motion)
     lap("render")
     print(json.dumps({"rendered": list(clips.shape), "seconds": seconds["render"]}), flush=True)
 
@@ -315,13 +345,14 @@ def main() -> None:
     if args.resume:
         load(dit, args.resume / TRAINED_DIT)
     steps = train_dit(dit, latents, args.dit_steps, args.dit_minutes, args.dit_batch, args.device, args.compile,
-                      args.ema_decay, args.shifted_fraction, args.lr, log, args.temporal_weight)
+                      args.ema_decay, args.shifted_fraction, args.lr, log, args.temporal_weight, args.crop,
+                      args.time_reversal)
     lap("dit")
     args.out.mkdir(parents=True, exist_ok=True)
     save(vae, args.out / TRAINED_VAE)
     save(dit, args.out / TRAINED_DIT)
     record = {
-        "command": "python bench/train_tiny.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        "command": "python bench/train_tiny.py " + " ".join(command_flag(k, v) for k, v in vars(args).items()
                                                              if k not in ("out", "compile", "resume"))
                    + (" --compile" if args.compile else "") + (" --resume <the previous run>" if args.resume else ""),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,

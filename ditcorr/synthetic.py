@@ -4,7 +4,10 @@ A clip is a textured background that pans, with textured sprites on top (later
 sprites in front), each moving with its own translation, rotation and scale.
 A motion regime (MOTIONS) sets how fast: "fast" (the training clips), "slow"
 (points that barely move), "static-camera" (no pan, sprites that stop) or
-"mixed" (each of pan and sprites drawn from one of those).
+"mixed" (each of pan and sprites drawn from one of those); "one-way" is "fast"
+with the camera panning one way (down and to the right, give or take 20
+degrees: the background moves up and to the left), clips from which a
+generator learns to pan without having to pick a direction out of noise.
 Every pixel shows a known surface point, so the track and visibility of any
 point follow exactly: a point on a sprite moves with the sprite; a point is
 visible where it is inside the frame and no sprite in front covers it.
@@ -46,7 +49,9 @@ class Motion:
     pan, sprite: the highest speed of the background and of sprites, in pixels per frame of a 256-px frame (scaled
     with the frame); None keeps the "fast" regime's: a pan up to 4 px and sprites up to a frame over the clip per axis.
     turn: factor on sprites' spin and growth; still: chance that a sprite never moves; stops: chance that a moving
-    sprite stands still from a random frame on; mixed: the pan and each sprite take a regime drawn at random.
+    sprite stands still from a random frame on; mixed: the pan and each sprite take a regime drawn at random;
+    heading: the pan's direction in degrees (x to the right, y down), give or take HEADING_SPREAD, at the speed it
+    would have had (None: any direction).
     """
 
     pan: float | None = None
@@ -55,6 +60,7 @@ class Motion:
     still: float = 0.0
     stops: float = 0.0
     mixed: bool = False
+    heading: float | None = None
 
     @staticmethod
     def velocity(unit: torch.Tensor, fast: torch.Tensor, frame_scale: float, limit: float | None) -> torch.Tensor:
@@ -63,7 +69,9 @@ class Motion:
 
 
 MOTIONS = {"fast": Motion(), "slow": Motion(pan=1.0, sprite=2.5, turn=0.2, still=0.25, stops=0.25),
-           "static-camera": Motion(pan=0.0, sprite=6.0, turn=0.5, still=0.3, stops=0.5), "mixed": Motion(mixed=True)}
+           "static-camera": Motion(pan=0.0, sprite=6.0, turn=0.5, still=0.3, stops=0.5), "mixed": Motion(mixed=True),
+           "one-way": Motion(heading=30.0)}
+HEADING_SPREAD = 20.0  # degrees either side of a regime's heading
 
 
 @dataclass
@@ -136,6 +144,9 @@ class Scene:
         background = pick()
         unit = (rand(2) - 0.5) * 2
         self.pan = Motion.velocity(unit, unit * scale, per_256, background.pan)  # background pixels per frame
+        if background.heading is not None:
+            angle = math.radians(background.heading + HEADING_SPREAD * (2 * draw() - 1))
+            self.pan = self.pan.norm() * torch.tensor([math.cos(angle), math.sin(angle)])
         self.margin = int(abs(self.pan).max() * frames) + 2
         self.background = muted(smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale))))
         self.sprites = []

@@ -78,6 +78,18 @@ def test_motion_regimes_keep_their_speed_limits():
         Scene(0, motion="crawl")
 
 
+def test_one_way_regime_pans_one_way_at_the_fast_speeds():
+    fast, one_way = ([Scene(seed, (256, 256), 13, motion=motion) for seed in range(24)] for motion in ("fast", "one-way"))
+    headings = torch.stack([torch.atan2(scene.pan[1], scene.pan[0]).rad2deg() for scene in one_way])
+    assert headings.min() >= 10 - 1e-4 and headings.max() <= 50 + 1e-4 and headings.max() - headings.min() > 20
+    torch.testing.assert_close(torch.stack([s.pan.norm() for s in one_way]), torch.stack([s.pan.norm() for s in fast]))
+    clip = make_clip(5, (64, 64), 13, points=200, motion="one-way")  # exact tracks, as in every regime
+    scene = Scene(5, (64, 64), 13, motion="one-way")
+    background = scene.layer_at(clip.tracks[:, 0], torch.zeros(200)) == 0
+    moved = clip.tracks[background, 1] - clip.tracks[background, 0]
+    torch.testing.assert_close(moved, -scene.pan.expand_as(moved))
+
+
 def test_mixed_regime_draws_pan_and_sprites_from_every_regime():
     pans = torch.stack([Scene(seed, (256, 256), 24, motion="mixed").pan.norm() for seed in range(24)])
     assert (pans == 0).any() and (pans > 1.5).any() and ((pans > 0) & (pans <= 1.0)).any()

@@ -96,7 +96,8 @@ def test_sampling_from_noise_gives_clips_with_sprites(models):
 
 def test_training_runs_in_parts(tmp_path):
     """bench/train_tiny.py end to end at toy size on CPU, then a second part that resumes from the first: it keeps the
-    VAE, trains the DiT further (here into a moving average) and nests the first part's record in its own."""
+    VAE, trains the DiT further (here into a moving average, on crops of the latents, on clips that pan one way and
+    so are not played backwards) and nests the first part's record in its own."""
     def train(out, *extra):
         subprocess.run([sys.executable, str(REPO / "bench" / "train_tiny.py"), "--out", str(out), "--clips", "4", "--size", "32",
                         "--frames", "3", "--vae-steps", "2", "--vae-batch", "2", "--dit-steps", "3", "--dit-batch", "2",
@@ -105,9 +106,12 @@ def test_training_runs_in_parts(tmp_path):
         return json.loads((out / "training.json").read_text())
 
     first = train(tmp_path / "first")
-    second = train(tmp_path / "second", "--resume", str(tmp_path / "first"), "--ema-decay", "0.5")
+    second = train(tmp_path / "second", "--resume", str(tmp_path / "first"), "--ema-decay", "0.5", "--crop", "2",
+                   "--motion", "one-way")
     assert first["dit_steps_done"] == second["dit_steps_done"] == 3 and first["resumed_from"] is None
     assert second["resumed_from"] == first and "vae" not in second["seconds"]
+    assert "--crop 2" in second["command"] and "--motion one-way --no-time-reversal" in second["command"]
+    assert "--motion fast --time-reversal" in first["command"]
     assert (tmp_path / "second" / TRAINED_VAE).read_bytes() == (tmp_path / "first" / TRAINED_VAE).read_bytes()
     dits = [new_dit("cpu") for _ in range(2)]
     for dit, part in zip(dits, ("first", "second")):
@@ -124,3 +128,6 @@ def test_training_runs_in_parts(tmp_path):
     with pytest.raises(subprocess.CalledProcessError) as refused:
         train(tmp_path / "mixed", "--resume", str(tmp_path / "wider"))
     assert b"give its --dit-dim" in refused.value.stderr
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        train(tmp_path / "odd", "--crop", "3")
+    assert b"give an even number of latent pixels" in refused.value.stderr
