@@ -7,7 +7,8 @@ A motion regime (MOTIONS) sets how fast: "fast" (the training clips), "slow"
 "mixed" (each of pan and sprites drawn from one of those); "one-way" is "fast"
 with the camera panning one way (down and to the right, give or take 20
 degrees: the background moves up and to the left), clips from which a
-generator learns to pan without having to pick a direction out of noise.
+generator learns to pan without having to pick a direction out of noise;
+"mostly-one-way" pans so in three clips of four and any way in the rest.
 Every pixel shows a known surface point, so the track and visibility of any
 point follow exactly: a point on a sprite moves with the sprite; a point is
 visible where it is inside the frame and no sprite in front covers it.
@@ -51,7 +52,7 @@ class Motion:
     turn: factor on sprites' spin and growth; still: chance that a sprite never moves; stops: chance that a moving
     sprite stands still from a random frame on; mixed: the pan and each sprite take a regime drawn at random;
     heading: the pan's direction in degrees (x to the right, y down), give or take HEADING_SPREAD, at the speed it
-    would have had (None: any direction).
+    would have had (None: any direction), in a `heading_share` of the clips (the rest: any direction).
     """
 
     pan: float | None = None
@@ -61,6 +62,7 @@ class Motion:
     stops: float = 0.0
     mixed: bool = False
     heading: float | None = None
+    heading_share: float = 1.0
 
     @staticmethod
     def velocity(unit: torch.Tensor, fast: torch.Tensor, frame_scale: float, limit: float | None) -> torch.Tensor:
@@ -70,7 +72,7 @@ class Motion:
 
 MOTIONS = {"fast": Motion(), "slow": Motion(pan=1.0, sprite=2.5, turn=0.2, still=0.25, stops=0.25),
            "static-camera": Motion(pan=0.0, sprite=6.0, turn=0.5, still=0.3, stops=0.5), "mixed": Motion(mixed=True),
-           "one-way": Motion(heading=30.0)}
+           "one-way": Motion(heading=30.0), "mostly-one-way": Motion(heading=30.0, heading_share=0.75)}
 HEADING_SPREAD = 20.0  # degrees either side of a regime's heading
 
 
@@ -144,7 +146,7 @@ class Scene:
         background = pick()
         unit = (rand(2) - 0.5) * 2
         self.pan = Motion.velocity(unit, unit * scale, per_256, background.pan)  # background pixels per frame
-        if background.heading is not None:
+        if background.heading is not None and draw() < background.heading_share:
             angle = math.radians(background.heading + HEADING_SPREAD * (2 * draw() - 1))
             self.pan = self.pan.norm() * torch.tensor([math.cos(angle), math.sin(angle)])
         self.margin = int(abs(self.pan).max() * frames) + 2

@@ -88,6 +88,11 @@ def test_one_way_regime_pans_one_way_at_the_fast_speeds():
     background = scene.layer_at(clip.tracks[:, 0], torch.zeros(200)) == 0
     moved = clip.tracks[background, 1] - clip.tracks[background, 0]
     torch.testing.assert_close(moved, -scene.pan.expand_as(moved))
+    # mostly one way: three in four clips head that way (at the fast speeds), the rest any way
+    headings = torch.stack([torch.atan2(*Scene(seed, (256, 256), 13, motion="mostly-one-way").pan.flip(0)).rad2deg()
+                            for seed in range(200)])
+    one_way_share = ((headings >= 10 - 1e-4) & (headings <= 50 + 1e-4)).float().mean()
+    assert 0.7 < one_way_share < 0.9 and (headings < 0).any()
 
 
 def test_mixed_regime_draws_pan_and_sprites_from_every_regime():
