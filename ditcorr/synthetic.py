@@ -8,7 +8,9 @@ A motion regime (MOTIONS) sets how fast: "fast" (the training clips), "slow"
 with the camera panning one way (down and to the right, give or take 20
 degrees: the background moves up and to the left), clips from which a
 generator learns to pan without having to pick a direction out of noise;
-"mostly-one-way" pans so in three clips of four and any way in the rest.
+"mostly-one-way" pans so in three clips of four and any way in the rest;
+"one-way-slow" pans one way with sprites of at most 6 px a frame, whose
+whereabouts a generator can foresee from a clip's first frames.
 Every pixel shows a known surface point, so the track and visibility of any
 point follow exactly: a point on a sprite moves with the sprite; a point is
 visible where it is inside the frame and no sprite in front covers it.
@@ -72,7 +74,8 @@ class Motion:
 
 MOTIONS = {"fast": Motion(), "slow": Motion(pan=1.0, sprite=2.5, turn=0.2, still=0.25, stops=0.25),
            "static-camera": Motion(pan=0.0, sprite=6.0, turn=0.5, still=0.3, stops=0.5), "mixed": Motion(mixed=True),
-           "one-way": Motion(heading=30.0), "mostly-one-way": Motion(heading=30.0, heading_share=0.75)}
+           "one-way": Motion(heading=30.0), "mostly-one-way": Motion(heading=30.0, heading_share=0.75),
+           "one-way-slow": Motion(heading=30.0, sprite=6.0)}
 HEADING_SPREAD = 20.0  # degrees either side of a regime's heading
 
 

@@ -93,6 +93,11 @@ def test_one_way_regime_pans_one_way_at_the_fast_speeds():
                             for seed in range(200)])
     one_way_share = ((headings >= 10 - 1e-4) & (headings <= 50 + 1e-4)).float().mean()
     assert 0.7 < one_way_share < 0.9 and (headings < 0).any()
+    # one way with slow sprites: the same pans, sprites at most 6 px a frame
+    for seed in range(6):
+        slow_sprites, one_way = Scene(seed, (256, 256), 13, motion="one-way-slow"), Scene(seed, (256, 256), 13, motion="one-way")
+        assert torch.equal(slow_sprites.pan, one_way.pan)
+        assert all(sprite.velocity.norm() <= 6.0 for sprite in slow_sprites.sprites)
 
 
 def test_mixed_regime_draws_pan_and_sprites_from_every_regime():
