@@ -37,7 +37,7 @@ def run(script: str, *args: str) -> dict:
      {"grid", "best_block_by_gt", "best_sigma_by_gt", "auto_block", "auto_sigma", "best_delta_avg", "auto_delta_avg",
       "seconds"}),
     ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2", "--from-real", "0.2", "--one-step", "0.5",
-                       "--motion", "one-way"),
+                       "--motion", "one-way-slow"),
      {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2", "--embeddings"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
@@ -69,9 +69,9 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["guided_steps"] == 1
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
-    if script == "generation.py":  # the rendered clips (here of the one-way regime) are the yardstick: they pan
+    if script == "generation.py":  # the rendered clips (here of a one-way regime) are the yardstick: they pan
         # coherently, their sprites persist
-        assert out["motion"] == "one-way"
+        assert out["motion"] == "one-way-slow"
         assert out["real"]["coherent_fraction"] == 1 and out["real"]["persistent_fraction"] == 1
         assert out["real"]["mean_speed"] >= 0.5 and set(out["meets"]) == {"coherent", "speed", "sprites"}
         # sampled from the rendered clips, the last 2 steps of a 10-step schedule: it starts part-way down the noise
