@@ -3,6 +3,7 @@ noise unguided, scored against the reference without our DiT; and its cost on th
 
     python bench/motion_transfer.py --seed S --clips N [--device cpu|cuda] [--steps 20] [--iterations 5]
                                     [--guided 0.2] [--rate 0.002,0.001] [--blocks 7] [--schedules 0:1,0:3]
+                                    [--unet DIT --vae VAE]
     python bench/motion_transfer.py --cost --size tiny|1.3b [--steps 50] [--schedules 0:1,2:3] [--device cuda]
 
 Per clip: the reference is a rendered synthetic clip (256x256x13, seeded from S, "fast" motion: a panning
@@ -129,6 +130,8 @@ def main() -> None:
     parser.add_argument("--guided", type=float, default=0.2)
     parser.add_argument("--rate", default="0.002,0.001", help="learning rate on the first and last guided step")
     parser.add_argument("--blocks", default="7", help="guidance blocks (the tiny DiT's matching block is 7)")
+    parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT), help="the DiT (default: the tiny one shipped)")
+    parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE), help="its VAE")
     parser.add_argument("--cost", action="store_true", help="time guided against plain sampling (random weights)")
     parser.add_argument("--schedules", default="0:1", help="frame window (0 = all pairs), gradient_every and (quality "
                                                           "runs) 1 to inject K/V at block 0, as W:G[:I], comma-separated")
@@ -152,8 +155,8 @@ def main() -> None:
     from difftrack_pack.nodes.motion_nodes import ApplyMotionEmbeddings, MotionFlowFromVideo
     from difftrack_pack.nodes.motion_transfer import TransferSettings, transfer_sampler
 
-    model = comfy.sd.load_diffusion_model(str(TRAINED / TRAINED_DIT))
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(TRAINED / TRAINED_VAE)))
+    model = comfy.sd.load_diffusion_model(args.unet)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(args.vae))
     positive = run_node(ZeroConditioning, model=model).args[0]
     start_rate, end_rate = (float(r) for r in args.rate.split(","))
     schedules = {schedule: (*(int(part) for part in schedule.split(":")), 0)[:3] for schedule in args.schedules.split(",")}
@@ -219,7 +222,8 @@ def main() -> None:
     print(json.dumps({
         **by_schedule[next(iter(schedules))], **mean(rows["unguided"]), "by_schedule": by_schedule,
         **({"embeddings": mean(rows["embeddings"])} if args.embeddings else {}),
-        "model": "wan2.1-tiny", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "seed": args.seed, "clips": args.clips, "steps": args.steps, "iterations": args.iterations,
         "guided": args.guided, "rate": args.rate, "blocks": args.blocks,
     }))
