@@ -211,6 +211,7 @@ def train_dit(dit: torch.nn.Module, latents: torch.Tensor, max_steps: int, minut
         if crop:
             top, left = (torch.randint(size - crop + 1, (1,), generator=generator).item() for size in clean.shape[-2:])
             clean = clean[..., top:top + crop, left:left + crop]
+        # per-frame latents: time reversal is exact; drawn either way, so the option leaves the other draws as they are
         reverse = (torch.rand(batch, generator=generator) < 0.5 * time_reversal).to(device)
         clean = torch.where(reverse.view(-1, 1, 1, 1, 1), clean.flip(2), clean)
         sigma = sample_sigmas(batch, generator, shifted_fraction).to(device)

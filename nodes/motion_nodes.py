@@ -14,11 +14,10 @@ from comfy_api.latest import io, ui
 
 from ..ditcorr.amf import FlowLoss, MotionFlow, colour_wheel, flow_colours
 from ..ditcorr.motion_embeddings import MotionEmbeddings
-from .adapters import adapter_for
 from .motion_transfer import PositionModulation, TransferSettings, motion_flow, transfer_sampler
 from .encoding import ENCODINGS, encode_with_progress
 from .extract import progress_step
-from .vocabulary import CATEGORY, blocks_tooltip, model_blocks
+from .vocabulary import CATEGORY, blocks_tooltip, model_and_adapter, model_blocks
 
 MotionFlowType = io.Custom("MOTION_FLOW")  # difftrack_pack.ditcorr.amf.MotionFlow
 MotionEmbeddingsType = io.Custom("MOTION_EMBEDDINGS")  # difftrack_pack.ditcorr.motion_embeddings.MotionEmbeddings
@@ -228,8 +227,7 @@ class LearnMotionEmbeddings(io.ComfyNode):
                                              noise_mask=latent_image.get("noise_mask"), callback=callback,
                                              disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=noise_seed)
         if not learned:  # no guided step ran: the model's own positions, which leave sampling as it was
-            diffusion_model = model.get_model_object("diffusion_model")
-            adapter = adapter_for(diffusion_model)
+            diffusion_model, adapter = model_and_adapter(model)
             learned.append(MotionEmbeddings([], adapter.token_grid(diffusion_model, latent.shape),
                                             adapter.head_dim(diffusion_model), adapter.name))
         return io.NodeOutput({**latent_image, "samples": samples}, learned[0])
@@ -255,8 +253,7 @@ class ApplyMotionEmbeddings(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, motion_embeddings) -> io.NodeOutput:
-        diffusion_model = model.get_model_object("diffusion_model")
-        adapter = adapter_for(diffusion_model)
+        diffusion_model, adapter = model_and_adapter(model)
         try:
             head_dim = adapter.head_dim(diffusion_model)
         except NotImplementedError as error:
