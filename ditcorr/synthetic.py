@@ -10,7 +10,9 @@ degrees: the background moves up and to the left), clips from which a
 generator learns to pan without having to pick a direction out of noise;
 "mostly-one-way" pans so in three clips of four and any way in the rest;
 "one-way-slow" pans one way with sprites of at most 6 px a frame, whose
-whereabouts a generator can foresee from a clip's first frames.
+whereabouts a generator can foresee from a clip's first frames;
+"mostly-one-way-slow" is "one-way-slow" in three clips of four and "fast" in
+the rest (any direction, fast sprites), so a generator still meets every motion.
 Every pixel shows a known surface point, so the track and visibility of any
 point follow exactly: a point on a sprite moves with the sprite; a point is
 visible where it is inside the frame and no sprite in front covers it.
@@ -54,7 +56,7 @@ class Motion:
     turn: factor on sprites' spin and growth; still: chance that a sprite never moves; stops: chance that a moving
     sprite stands still from a random frame on; mixed: the pan and each sprite take a regime drawn at random;
     heading: the pan's direction in degrees (x to the right, y down), give or take HEADING_SPREAD, at the speed it
-    would have had (None: any direction), in a `heading_share` of the clips (the rest: any direction).
+    would have had (None: any direction), in a `heading_share` of the clips; the rest are "fast" clips, sprites too.
     """
 
     pan: float | None = None
@@ -75,7 +77,8 @@ class Motion:
 MOTIONS = {"fast": Motion(), "slow": Motion(pan=1.0, sprite=2.5, turn=0.2, still=0.25, stops=0.25),
            "static-camera": Motion(pan=0.0, sprite=6.0, turn=0.5, still=0.3, stops=0.5), "mixed": Motion(mixed=True),
            "one-way": Motion(heading=30.0), "mostly-one-way": Motion(heading=30.0, heading_share=0.75),
-           "one-way-slow": Motion(heading=30.0, sprite=6.0)}
+           "one-way-slow": Motion(heading=30.0, sprite=6.0),
+           "mostly-one-way-slow": Motion(heading=30.0, sprite=6.0, heading_share=0.75)}
 HEADING_SPREAD = 20.0  # degrees either side of a regime's heading
 
 
@@ -149,7 +152,8 @@ class Scene:
         background = pick()
         unit = (rand(2) - 0.5) * 2
         self.pan = Motion.velocity(unit, unit * scale, per_256, background.pan)  # background pixels per frame
-        if background.heading is not None and draw() < background.heading_share:
+        headed = background.heading is not None and draw() < background.heading_share
+        if headed:
             angle = math.radians(background.heading + HEADING_SPREAD * (2 * draw() - 1))
             self.pan = self.pan.norm() * torch.tensor([math.cos(angle), math.sin(angle)])
         self.margin = int(abs(self.pan).max() * frames) + 2
@@ -160,7 +164,7 @@ class Scene:
             fast = unit * min(height, width) / frames
             size, angle = float(min(height, width) * (0.08 + 0.1 * rand(1))), float(rand(1) * math.pi)
             spin, growth, disc = float((rand(1) - 0.5) * 0.2), float((rand(1) - 0.5) * 0.04), bool(rand(1) < 0.5)
-            own = pick()
+            own = pick() if headed or background.heading is None else MOTIONS["fast"]
             moves = 0.0 if draw() < own.still else 1.0
             velocity = Motion.velocity(unit, fast, per_256, own.sprite) * moves
             stop = draw() * (frames - 1) if draw() < own.stops else math.inf

@@ -102,6 +102,17 @@ def test_one_way_regime_pans_one_way_at_the_fast_speeds():
         slow_sprites, one_way = Scene(seed, (256, 256), 13, motion="one-way-slow"), Scene(seed, (256, 256), 13, motion="one-way")
         assert torch.equal(slow_sprites.pan, one_way.pan)
         assert all(sprite.velocity.norm() <= 6.0 for sprite in slow_sprites.sprites)
+    # mostly one way with slow sprites: a clip that heads one way has slow sprites, any other is a "fast" clip
+    headed = []
+    for seed in range(40):
+        mixed, fast = Scene(seed, (256, 256), 13, motion="mostly-one-way-slow"), Scene(seed, (256, 256), 13, motion="fast")
+        headed.append(not torch.equal(mixed.pan, fast.pan))  # a headed clip's pan is turned, a "fast" one's is not
+        if headed[-1]:
+            assert 10 - 1e-4 <= heading(mixed.pan) <= 50 + 1e-4
+            assert all(sprite.velocity.norm() <= 6.0 for sprite in mixed.sprites)
+        else:
+            assert all(torch.equal(a.velocity, b.velocity) for a, b in zip(mixed.sprites, fast.sprites))
+    assert 0.6 < sum(headed) / len(headed) < 0.9
 
 
 def test_mixed_regime_draws_pan_and_sprites_from_every_regime():
