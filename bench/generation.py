@@ -7,7 +7,7 @@ training-style clips of the same renderer settings, measured without our DiT.
 N clips of 256x256x13 are sampled from seed S's noise (Zero Conditioning, euler, `--steps` steps, cfg 1, the stock
 KSampler; `--shift` sets the flow sampler's shift as ModelSamplingSD3 does, else the model's own) with the tiny DiT
 and VAE of assets/tiny_wan/ (or `--unet`/`--vae`), and N clips are rendered by ditcorr/synthetic.py (the regime the
-model was trained on, `--motion`: "fast" for the shipped one; seeds drawn from S as bench/quality.py draws them: never a training clip). Per clip (bench/cag_quality.py's metrics:
+model was trained on, `--motion`: "mostly-one-way-slow" for the shipped one; seeds drawn from S as bench/quality.py draws them: never a training clip). Per clip (bench/cag_quality.py's metrics:
 OpenCV's DIS flow and the sprite finder of devkit/sprites.py): the background pan (the flow's per-axis median per
 frame pair), whether it moves (mean pan >= 0.5 px/frame) and moves coherently (also every frame pair's pan within
 0.75 px of the clip's mean), the longest run of frames one outlined sprite is found again in, and the warp error.
@@ -35,7 +35,7 @@ import torch
 
 from difftrack_devkit import bench
 from difftrack_bench.cag_quality import FRAMES, SIZE, clip_metrics, decode_per_frame, generate
-from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_MOTION, TRAINED_VAE
 
 PERSISTENT_FRAMES = 10  # of 13: a sprite found again in this many frames in a row persists
 
@@ -121,8 +121,8 @@ def main() -> None:
                                                         "clips partly noised (see above)")
     parser.add_argument("--one-step", default="", help="comma-separated noise levels: one-step motion correlation on "
                                                        "rendered and training clips (see above)")
-    parser.add_argument("--motion", default="fast", help="motion regime of the rendered and training clips: the one "
-                                                         "the model was trained on (bench/train_tiny.py --motion)")
+    parser.add_argument("--motion", default=TRAINED_MOTION, help="motion regime of the rendered and training clips: the "
+                                                                 "one the model was trained on (bench/train_tiny.py --motion)")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
     args = parser.parse_args()

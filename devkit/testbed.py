@@ -32,10 +32,11 @@ VIDEO_FRONT = {
 
 TRAINED = REPO / "assets" / "tiny_wan"  # bench/train_tiny.py writes here
 TRAINED_VAE, TRAINED_DIT = "difftrack_tiny_wan21_vae.safetensors", "difftrack_tiny_wan21_t2v.safetensors"
+TRAINED_MOTION = "mostly-one-way-slow"  # the regime of its training clips (ditcorr/synthetic.py), the one it generates
 DEMO_CLIP, DEMO_TRUTH = REPO / "assets" / "demo" / "clip.mp4", REPO / "assets" / "demo" / "clip_tracks.npz"
 DEMO_FRAMES, DEMO_SIZE, DEMO_SEED = 13, 256, 7  # the demo clip: tools/demo.py renders it from seed DEMO_SEED
 # Where bench/quality.py found the trained DiT tracking best (block and sigma).
-TRAINED_QUALITY = REPO / "bench" / "results" / "quality_tiny_wan_seed1000_cpu.json"
+TRAINED_QUALITY = REPO / "bench" / "results" / "quality_tiny_v2_seed1000_h100.json"
 
 
 def write_models(models: Path, names: dict[str, str]) -> None:

@@ -1,5 +1,5 @@
 """The tiny trained models in assets/tiny_wan/: the stock loaders read them, the VAE reconstructs, the DiT samples
-clips with sprites in them.
+clips that move as its training clips do (issue 20's criteria).
 
 Writes test-artifacts/tiny_wan_samples.png (generated frames over real ones) for people to look at.
 """
@@ -17,9 +17,11 @@ import folder_paths
 import nodes
 from PIL import Image
 
+from difftrack_bench.cag_quality import clip_metrics, generate
+from difftrack_bench.generation import acceptance, motion_summary
 from difftrack_bench.train_tiny import encode, load, new_dit, new_vae, normalise_latents
 from difftrack_devkit.host import REPO, find_comfyui
-from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_MOTION, TRAINED_VAE
 from difftrack_devkit.nodes import run_node
 from difftrack_devkit.sprites import longest_run_with_sprites
 from difftrack_pack.ditcorr.synthetic import make_clip
@@ -38,7 +40,7 @@ def models():
 
 def test_weights_fit_the_budget():
     sizes = [path.stat().st_size for path in TRAINED.glob("*.safetensors")]
-    assert len(sizes) == 2 and sum(sizes) <= 16 * 2 ** 20
+    assert len(sizes) == 2 and sum(sizes) <= 32 * 10 ** 6
 
 
 def test_latent_normalisation_keeps_reconstructions():
@@ -60,7 +62,7 @@ def test_latent_normalisation_keeps_reconstructions():
 def test_models_load_through_stock_loaders(models):
     model, vae = models
     diffusion_model = model.get_model_object("diffusion_model")
-    assert type(diffusion_model).__name__ == "WanModel" and len(diffusion_model.blocks) == 8 and diffusion_model.dim == 256
+    assert type(diffusion_model).__name__ == "WanModel" and len(diffusion_model.blocks) == 8 and diffusion_model.dim == 384
     clip = make_clip(11, (SIZE, SIZE), FRAMES)
     frames = clip.frames[:4]
     reconstructed = torch.cat([vae.decode(vae.encode(frame[None])) for frame in frames]).reshape(frames.shape)
@@ -73,25 +75,25 @@ def test_sprite_detector_sees_the_training_sprites_and_nothing_in_the_background
     assert [longest_run_with_sprites(make_clip(seed, (SIZE, SIZE), FRAMES, sprites=0).frames) for seed in (21, 22)] == [0, 0]
 
 
-def test_sampling_from_noise_gives_clips_with_sprites(models):
-    """A real KSampler run from noise (euler, 20 steps, Zero Conditioning) decodes to clips whose colour statistics
-    match the training clips' and in which outlined sprites stay for several frames in a row. The written grid shows
-    them (rows: two generated clips, then two real ones; columns: frames 0, 4, 8, 12)."""
+def test_sampling_from_noise_moves_as_the_training_clips_do(models):
+    """Issue 20's acceptance on a handful of clips: real KSampler runs from noise (euler, 20 steps, Zero
+    Conditioning; seed 1000, never a training seed) decode to clips whose colour statistics match the training
+    clips', of which >= 75 % pan coherently at >= half the training clips' mean pan and keep an outlined sprite
+    >= 10 of 13 frames (bench/generation.py's metrics and acceptance; its 16-clip runs are in bench/results). The
+    written grid shows them (rows: two generated clips, then two real ones; columns: frames 0, 4, 8, 12)."""
     model, vae = models
     positive = run_node(ZeroConditioning, model=model).args[0]
-    latent = {"samples": torch.zeros(2, 16, FRAMES, SIZE // 8, SIZE // 8)}
-    samples = nodes.common_ksampler(model, 0, 20, 1.0, "euler", "simple", positive, positive, latent)[0]["samples"]
-    generated = [torch.cat([vae.decode(samples[b, :, t][None, :, None]) for t in range(FRAMES)]).reshape(FRAMES, SIZE, SIZE, 3)
-                 for b in range(2)]
-    real = [make_clip(seed, (SIZE, SIZE), FRAMES).frames for seed in (21, 22)]
+    generated = generate(model, vae, positive, 1000, 4, 20, None)[0]
+    real = [make_clip(1000 * 100_003 + index, (SIZE, SIZE), FRAMES, motion=TRAINED_MOTION).frames for index in range(4)]
     ARTIFACTS.mkdir(exist_ok=True)
-    grid = torch.cat([torch.cat(list(clip[::4]), dim=1) for clip in generated + real], dim=0)
+    grid = torch.cat([torch.cat(list(clip[::4]), dim=1) for clip in generated[:2] + real[:2]], dim=0)
     Image.fromarray((grid.clamp(0, 1) * 255).byte().numpy()).save(ARTIFACTS / "tiny_wan_samples.png")
     real_mean, real_std = torch.stack(real).mean(dim=(0, 1, 2, 3)), torch.stack(real).std()
     for clip in generated:
         torch.testing.assert_close(clip.mean(dim=(0, 1, 2)), real_mean, atol=0.05, rtol=0)
         assert 0.7 * real_std < clip.std() < 1.3 * real_std
-    assert [longest_run_with_sprites(clip) >= 4 for clip in generated] == [True, True]
+    scores = [motion_summary([clip_metrics(clip) for clip in clips]) for clips in (generated, real)]
+    assert acceptance(*scores) == {"coherent": True, "speed": True, "sprites": True}, scores
 
 
 def test_training_runs_in_parts(tmp_path):
