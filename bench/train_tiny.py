@@ -1,12 +1,13 @@
 """Train the tiny Wan 2.1-format VAE and DiT shipped in assets/tiny_wan/ (how they were made: assets/README.md).
 
-    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --out <first part> --compile
-    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --resume <first part> [--out assets/tiny_wan] --compile
+    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --motion one-way-slow --out <first part> --compile
+    COMFYUI_PATH=<ComfyUI> python bench/train_tiny.py --resume <first part> --motion mostly-one-way-slow \
+        [--out assets/tiny_wan] --compile
 
-The defaults are the settings of the shipped run, which went in these two parts
-(the GPU machine's calls last at most 10 minutes): `--resume <out of the last
-part>` keeps that part's VAE and trains its DiT further on the same clips; each
-part's record nests the one before it.
+The defaults and these regimes are the settings of the shipped run, which went in
+these two parts (the GPU machine's calls last at most 10 minutes): `--resume <out
+of the last part>` keeps that part's VAE and trains its DiT further on clips of
+the same seeds; each part's record nests the one before it.
 
 Clips come from ditcorr.synthetic (256x256, 13 frames, the "fast" regime unless --motion
 says otherwise; seeds TRAIN_SEED_BASE + i, which bench/quality.py never draws). Then, on one GPU:
@@ -16,7 +17,7 @@ says otherwise; seeds TRAIN_SEED_BASE + i, which bench/quality.py never draws). 
    video; afterwards its 1x1 latent convolutions are rescaled so that Wan 2.1's
    latent normalisation maps its latents to zero mean and unit variance;
 2. every frame is encoded alone (the pack's per-frame encoding) and the DiT
-   (ComfyUI's WanModel class, dim 256) learns flow matching as Wan does, on the
+   (ComfyUI's WanModel class, dim 384) learns flow matching as Wan does, on the
    normalised latents, with a fixed all-zero text context.
 
 Both are written as the safetensors the stock VAELoader and UNETLoader read,
@@ -39,7 +40,7 @@ from difftrack_devkit.host import require_host
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
 VAE_DIM = 8
-DIT_CONFIG = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=8)  # the shipped DiT: 13.9 MB (bf16)
+DIT_CONFIG = dict(dim=384, ffn_dim=384, num_heads=3, num_layers=8)  # the shipped DiT: 29.6 MB (bf16; dim 256: 13.9)
 
 
 def dit_config(dim: int, ffn_dim: int, layers: int) -> dict:
@@ -271,7 +272,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=600)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--dit-steps", type=int, default=100_000, help="stop the DiT after this many steps")
-    parser.add_argument("--dit-minutes", type=float, default=5.6, help="stop the DiT once this much time passed")
+    parser.add_argument("--dit-minutes", type=float, default=6.0, help="stop the DiT once this much time passed")
     parser.add_argument("--dit-batch", type=int, default=32)
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="save this exponential moving average of the DiT's weights (0: its final weights)")
