@@ -4,8 +4,9 @@ models generate with and without it, same seeds for every arm.
     python bench/cag_quality.py --seed S --clips N [--device cpu|cuda] [--scales 0.5,1,2,3]
                                 [--variants renormalised,published] [--blocks auto,best] [--steps 20]
 
-The defaults (2 clips, scale 1, both variants, both block choices: five arms) are a first look in about 6 minutes
-on a 2-core CPU (3 clips took 8 minutes); the README's table is `--clips 12 --scales 0.5,1,2,3` on a GPU (17 arms).
+The defaults (2 clips, scale 1, both variants, both block choices: five arms) are a first look in about 8 minutes
+on a 2-core CPU with the shipped DiT (3 clips took 11 minutes); the README's table for the DiT before it is
+`--clips 12 --scales 0.5,1,2,3` on a GPU (17 arms).
 
 Each arm generates N clips of 256x256x13 from the same noise (Zero Conditioning, euler, `--steps` steps, cfg 1,
 through the pack's CAG patch on the stock KSampler) with the tiny DiT and VAE of assets/tiny_wan/; `best` is the
@@ -17,7 +18,8 @@ last of its 8 blocks), `auto` the fixed default (n/2, n/2+2: blocks 4 and 6). Pe
   pan_coherent       1 when that pan is coherent (>= 0.5 px/frame, every frame pair within 0.75 px of the mean)
   sprite_persistence the most frames in a row one outlined sprite is found again
 Prints one JSON line: per arm the mean and a bootstrap 95 % interval (over clips) of each metric, seconds per
-sampling step, and the same metrics for rendered training-style clips (`real`) for scale.
+sampling step, and the same metrics for N rendered clips of the model's training regime (`real`, `--motion`: the
+shipped DiT's by default) for scale.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from difftrack_devkit import bench
-from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_MOTION, TRAINED_VAE
 
 SIZE, FRAMES = 256, 13
 METRICS = ("warp_error", "motion", "pan_speed", "pan_coherent", "sprite_persistence")
@@ -101,6 +103,8 @@ def main() -> None:
     parser.add_argument("--picture", default="", help="also write the first clip of every arm as a PNG grid here")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT))
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE))
+    parser.add_argument("--motion", default=TRAINED_MOTION, help="motion regime of the rendered clips: the one the "
+                                                                 "model was trained on (bench/train_tiny.py --motion)")
     args = parser.parse_args()
     bench.start(args)
     import comfy.sd
@@ -128,7 +132,8 @@ def main() -> None:
         results[name] = {"seconds_per_step": round(step_s, 4),
                          **{metric: summary([m[metric] for m in per_clip]) for metric in METRICS}}
         print(f"{name}: {time.perf_counter() - begin:.0f} s", file=sys.stderr, flush=True)
-    real = [clip_metrics(make_clip(args.seed * 100_003 + i, (SIZE, SIZE), FRAMES).frames) for i in range(args.clips)]
+    real = [clip_metrics(make_clip(args.seed * 100_003 + i, (SIZE, SIZE), FRAMES, motion=args.motion).frames)
+            for i in range(args.clips)]
     if args.picture:
         frames = (0, 4, 8, 12)  # one row per arm, the same noise in every row
         bench.image_sheet({name.replace("cag_", "CAG ").replace("_", " "): [clip[f] for f in frames]
@@ -136,7 +141,7 @@ def main() -> None:
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,
-        "clips": args.clips, "steps": args.steps, "best_block": int(chosen["best"]), "arms": results,
+        "clips": args.clips, "steps": args.steps, "motion": args.motion, "best_block": int(chosen["best"]), "arms": results,
         "real": {metric: summary([m[metric] for m in real]) for metric in METRICS},
         "seconds": round(time.perf_counter() - begin, 1),
     }))
