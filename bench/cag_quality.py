@@ -72,6 +72,14 @@ def generate(model, vae, positive, seed: int, clips: int, steps: int, guidance: 
     return decode_per_frame(vae, samples), seconds
 
 
+def rendered_clips(seed: int, count: int, motion: str) -> list[torch.Tensor]:
+    """`count` clips [FRAMES, SIZE, SIZE, 3] of a motion regime, seeded from `seed` as bench/quality.py seeds its
+    clips (never a training clip): what generated clips are scored against."""
+    from difftrack_pack.ditcorr.synthetic import make_clip
+
+    return [make_clip(seed * 100_003 + index, (SIZE, SIZE), FRAMES, motion=motion).frames for index in range(count)]
+
+
 def decode_per_frame(vae, samples: torch.Tensor) -> list[torch.Tensor]:
     """Latents [N, C, FRAMES, h, w] -> N clips [FRAMES, SIZE, SIZE, 3]: every latent frame decoded alone (the tiny
     VAE's frames are encoded alone)."""
@@ -111,7 +119,6 @@ def main() -> None:
     import comfy.utils
 
     from difftrack_devkit.nodes import run_node
-    from difftrack_pack.ditcorr.synthetic import make_clip
     from difftrack_pack.nodes.cag_nodes import ZeroConditioning
 
     model = comfy.sd.load_diffusion_model(args.unet)
@@ -132,8 +139,7 @@ def main() -> None:
         results[name] = {"seconds_per_step": round(step_s, 4),
                          **{metric: summary([m[metric] for m in per_clip]) for metric in METRICS}}
         print(f"{name}: {time.perf_counter() - begin:.0f} s", file=sys.stderr, flush=True)
-    real = [clip_metrics(make_clip(args.seed * 100_003 + i, (SIZE, SIZE), FRAMES, motion=args.motion).frames)
-            for i in range(args.clips)]
+    real = [clip_metrics(clip) for clip in rendered_clips(args.seed, args.clips, args.motion)]
     if args.picture:
         frames = (0, 4, 8, 12)  # one row per arm, the same noise in every row
         bench.image_sheet({name.replace("cag_", "CAG ").replace("_", " "): [clip[f] for f in frames]

@@ -34,7 +34,7 @@ import time
 import torch
 
 from difftrack_devkit import bench
-from difftrack_bench.cag_quality import FRAMES, SIZE, clip_metrics, decode_per_frame, generate
+from difftrack_bench.cag_quality import FRAMES, SIZE, clip_metrics, decode_per_frame, generate, rendered_clips
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_MOTION, TRAINED_VAE
 
 PERSISTENT_FRAMES = 10  # of 13: a sprite found again in this many frames in a row persists
@@ -131,7 +131,6 @@ def main() -> None:
     import comfy.utils
 
     from difftrack_devkit.nodes import run_node
-    from difftrack_pack.ditcorr.synthetic import make_clip
     from difftrack_pack.nodes.cag_nodes import ZeroConditioning
 
     model = sampling_model(comfy.sd.load_diffusion_model(args.unet), args.shift)
@@ -143,8 +142,7 @@ def main() -> None:
         generated += generate(model, vae, positive, args.seed + first, min(args.batch, args.clips - first), args.steps,
                               None)[0]
     sampling_s = time.perf_counter() - begin
-    real = [make_clip(args.seed * 100_003 + index, (SIZE, SIZE), FRAMES, motion=args.motion).frames
-            for index in range(args.clips)]
+    real = rendered_clips(args.seed, args.clips, args.motion)
     scores = {"generated": motion_summary([clip_metrics(clip) for clip in generated]),
               "real": motion_summary([clip_metrics(clip) for clip in real])}
     real_latents = encoded(vae, real) if args.one_step or args.from_real else None  # once, for both

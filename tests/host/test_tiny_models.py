@@ -17,7 +17,7 @@ import folder_paths
 import nodes
 from PIL import Image
 
-from difftrack_bench.cag_quality import clip_metrics, generate
+from difftrack_bench.cag_quality import clip_metrics, generate, rendered_clips
 from difftrack_bench.generation import acceptance, motion_summary
 from difftrack_bench.train_tiny import encode, load, new_dit, new_vae, normalise_latents
 from difftrack_devkit.host import REPO, find_comfyui
@@ -84,7 +84,7 @@ def test_sampling_from_noise_moves_as_the_training_clips_do(models):
     model, vae = models
     positive = run_node(ZeroConditioning, model=model).args[0]
     generated = generate(model, vae, positive, 1000, 4, 20, None)[0]
-    real = [make_clip(1000 * 100_003 + index, (SIZE, SIZE), FRAMES, motion=TRAINED_MOTION).frames for index in range(4)]
+    real = rendered_clips(1000, 4, TRAINED_MOTION)
     ARTIFACTS.mkdir(exist_ok=True)
     grid = torch.cat([torch.cat(list(clip[::4]), dim=1) for clip in generated[:2] + real[:2]], dim=0)
     Image.fromarray((grid.clamp(0, 1) * 255).byte().numpy()).save(ARTIFACTS / "tiny_wan_samples.png")
