@@ -128,7 +128,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--guided", type=float, default=0.2)
-    parser.add_argument("--rate", default="0.002,0.001", help="learning rate on the first and last guided step")
+    parser.add_argument("--rate", default="0.002,0.001", help="learning rate on the first and last guided step, as "
+                        "for 10 guided steps (the sampler scales it by 10 / guided steps)")
     parser.add_argument("--blocks", default="7", help="guidance blocks (the tiny DiT's matching block is 7)")
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT), help="the DiT (default: the tiny one shipped)")
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE), help="its VAE")

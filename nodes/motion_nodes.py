@@ -116,9 +116,9 @@ def guidance_inputs(optimised: str) -> list:
                              "transferred as much motion on the test model at 1.57x plain sampling's time "
                              "instead of 2.4x (Wan 1.3B, 81 frames)."),
         io.Float.Input("rate_start", default=defaults.rate_start, min=0.0, max=10.0, step=0.0001,
-                       tooltip="Learning rate on the first guided step (DiTFlow: 0.002, with 10 of 50 steps "
-                               "guided; with 20 steps ten times the rates turned the pack's tiny model's pan to "
-                               "the reference's more often)..."),
+                       tooltip="Learning rate on the first guided step as for DiTFlow's 10 guided steps "
+                               "(DiTFlow: 0.002); with n guided steps it is multiplied by 10 / n, so fewer "
+                               "steps move the latent as far in all..."),
         io.Float.Input("rate_end", default=defaults.rate_end, min=0.0, max=10.0, step=0.0001,
                        tooltip="...falling linearly to this on the last (DiTFlow: 0.001)."),
         io.Boolean.Input("moving_only", default=defaults.loss.moving_only,

@@ -41,7 +41,7 @@ def run(script: str, *args: str) -> dict:
      {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2", "--embeddings"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
-    ("motion_transfer.py", ("--clips", "1", "--steps", "3", "--iterations", "2", "--rate", "0.05,0.05",
+    ("motion_transfer.py", ("--clips", "1", "--steps", "3", "--iterations", "2", "--rate", "0.005,0.005",
                             "--embeddings"),
      {"mf_guided", "mf_unguided", "pan_match_guided", "amf_loss_before", "amf_loss_after", "embeddings"}),
 ])

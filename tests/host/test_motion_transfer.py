@@ -132,6 +132,17 @@ def test_gradient_reuse_steps_adam_with_every_nth_gradient():
         TransferSettings(gradient_every=0)
 
 
+def test_the_learning_rate_is_ditflows_at_ten_guided_steps_and_scales_with_fewer():
+    """The rates fall linearly over the guided steps; with n guided steps instead of DiTFlow's 10 they are 10 / n
+    times as large (the same total Adam movement), and 50 steps with 20 % guided are DiTFlow's exactly."""
+    settings = TransferSettings()
+    guided = settings.guided_steps(50)
+    assert guided == 10 and settings.rate(0, guided) == pytest.approx(0.002)
+    assert settings.rate(guided - 1, guided) == pytest.approx(0.001)
+    assert (settings.rate(0, 4), settings.rate(3, 4)) == pytest.approx((0.005, 0.0025))  # 20 steps
+    assert settings.rate(0, 1) == pytest.approx(0.02)
+
+
 def test_gradient_reuse_in_sampling_computes_fewer_gradients_and_still_lowers_the_loss(trained):
     model, flow = trained
     report = []
