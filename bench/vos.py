@@ -1,18 +1,20 @@
 """Mask propagation on synthetic clips with exact per-object masks, against three baselines; and its cost on the GPU.
 
     python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
-                        [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
+                        [--sigmas 0.2,0.5] [--temperature T] [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
     python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
 
 Quality (the default): the tiny DiT and VAE of assets/tiny_wan/ (never trained on the seeds drawn here). Each
-clip (ditcorr.synthetic, 256x256, seeded from S) is encoded per frame and run through one forward that captures
-every block (the node's path for a short clip); the sprites visible on frame 0 are propagated from their exact
-frame-0 masks with the node's defaults, per block with and without fitted head weights, and scored with DAVIS's
-J, F and J&F (first and last frames left out) per object, averaged over all objects. Baselines, with the same
-protocol (window, top-k, context) and label upsampling: static (the frame-0 masks copied), latent_nn (affinities
-from the VAE latents, cosine over a temperature of 0.07 as in DINO's propagation) and hidden_nn (the same on the
-best block's input hidden states instead of its q/k). Prints one JSON line: jf, j, f of the best setting (block
-by J&F, fitted or not); `settings` per block {mean, fitted}; `baselines`; `best_baseline`; `margin` (points).
+clip (ditcorr.synthetic, 256x256, seeded from S) is encoded per frame and run through one forward per noise level
+of --sigmas that captures every block (the node's path for a short clip); the sprites visible on frame 0 are
+propagated from their exact frame-0 masks with the node's defaults, per sigma and block with and without fitted
+head weights, and scored with DAVIS's J, F and J&F (first and last frames left out) per object, averaged over all
+objects. Baselines, with the same protocol (window, top-k, context) and label upsampling: static (the frame-0
+masks copied), latent_nn (affinities from the VAE latents, cosine over a temperature of 0.07 as in DINO's
+propagation) and hidden_nn (the same on a block's input hidden states instead of its q/k, at the best block and
+sigma). Prints one JSON line: jf, j, f of the best setting (sigma, block, fitted or not: best_sigma, best_block,
+head_weights); `settings` per block {mean, fitted} at the best sigma; `by_sigma` the best setting at each sigma;
+`baselines`; `best_baseline`; `margin` (points).
 
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
 model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
@@ -51,8 +53,9 @@ def mean_scores(runs: list[dict]) -> dict:
     return {key: round(100 * statistics.fmean(run[key] for run in runs), 2) for key in ("jf", "j", "f")}
 
 
-def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13, sigma: float = 0.2,
-             motion: str = "fast", picture: str = "") -> dict:
+def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13,
+             sigmas: tuple[float, ...] = (0.2,), motion: str = "fast", picture: str = "",
+             temperature: float | None = None) -> dict:
     import dataclasses
 
     import comfy.sd
@@ -69,16 +72,17 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     diffusion_model = model.get_model_object("diffusion_model")
     adapter = adapter_for(diffusion_model)
     blocks = list(range(adapter.block_count(diffusion_model)))
-    fitted, mean = PropagationSettings(), PropagationSettings(fit_steps=0)
+    fitted = PropagationSettings(temperature=temperature)
+    mean = dataclasses.replace(fitted, fit_steps=0)
     baseline = dataclasses.replace(mean, temperature=BASELINE_TEMPERATURE)
 
     def propagate(q, k, masks, clip_frames, settings):
         labels, _ = propagate_video([(tuple(map(float, range(frames))), q, k)], 0.0, masks, settings)
         return label_maps(labels, clip_frames, 0, label_image(masks))
 
-    results = {(block, fit): [] for block in blocks for fit in ("mean", "fitted")}
-    results.update({("hidden_nn", block): [] for block in blocks})
-    results.update(static=[], latent_nn=[])
+    ours = [(sigma, block, fit) for sigma in sigmas for block in blocks for fit in ("mean", "fitted")]
+    hidden_keys = [("hidden_nn", sigma, block) for sigma in sigmas for block in blocks]
+    results = {key: [] for key in [*ours, *hidden_keys, "static", "latent_nn"]}
     shown = None
     for index in range(clips):
         scene = Scene(seed * 100_003 + index, (size, size), frames, motion=motion)
@@ -90,41 +94,49 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
         masks = torch.stack([(truth[0] == label).float() for label in objects])
         latent, positions = encode_frames(autoencoder, clip_frames, "per_frame")
         grid = adapter.token_grid(diffusion_model, latent.shape)
-        recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)
-        features = extract_from_latent(recording, latent, positions, (size, size), frames, None, blocks, sigma,
-                                       seed=index, frames_per_chunk=0)
         maps_by = {}
-        for block in blocks:
-            qk = features.select(block)[0].qk
-            for fit, settings in (("mean", mean), ("fitted", fitted)):
-                maps_by[(block, fit)] = propagate(qk.q, qk.k, masks, clip_frames, settings)
-                results[(block, fit)] += scores(maps_by[(block, fit)], truth, objects)
-            unit = unit_features(hidden[block])
-            maps_by[("hidden_nn", block)] = propagate(unit, unit, masks, clip_frames, baseline)
-            results[("hidden_nn", block)] += scores(maps_by[("hidden_nn", block)], truth, objects)
+        for sigma in sigmas:
+            recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)
+            features = extract_from_latent(recording, latent, positions, (size, size), frames, None, blocks, sigma,
+                                           seed=index, frames_per_chunk=0)
+            for block in blocks:
+                qk = features.select(block)[0].qk
+                for fit, settings in (("mean", mean), ("fitted", fitted)):
+                    maps_by[(sigma, block, fit)] = propagate(qk.q, qk.k, masks, clip_frames, settings)
+                unit = unit_features(hidden[block])
+                maps_by[("hidden_nn", sigma, block)] = propagate(unit, unit, masks, clip_frames, baseline)
+            features.release()
         static = label_image(masks)[None].expand(frames, -1, -1)
-        results["static"] += scores(static, truth, objects)
         unit = unit_features(latent[0].permute(1, 2, 3, 0))
         latent_settings = dataclasses.replace(baseline, radius=2 * baseline.radius)  # latents: twice the grid
         maps_by["latent_nn"] = propagate(unit, unit, masks, clip_frames, latent_settings)
-        results["latent_nn"] += scores(maps_by["latent_nn"], truth, objects)
+        maps_by["static"] = static
+        for key, maps in maps_by.items():
+            results[key] += scores(maps, truth, objects)
         if shown is None:
             shown = (clip_frames, truth, objects, maps_by, static)
-        features.release()
 
-    settings = {block: {fit: mean_scores(results[(block, fit)]) for fit in ("mean", "fitted")} for block in blocks}
-    best_block, best_fit = max(((b, f) for b in blocks for f in ("mean", "fitted")), key=lambda s: settings[s[0]][s[1]]["jf"])
-    hidden_best = max(blocks, key=lambda b: mean_scores(results[("hidden_nn", b)])["jf"])
-    baselines = {"static": mean_scores(results["static"]), "latent_nn": mean_scores(results["latent_nn"]),
-                 "hidden_nn": {**mean_scores(results[("hidden_nn", hidden_best)]), "block": hidden_best}}
+    scored = {key: mean_scores(runs) for key, runs in results.items()}
+    best_key = max(ours, key=lambda key: scored[key]["jf"])
+    hidden_key = max(hidden_keys, key=lambda key: scored[key]["jf"])
+    baselines = {"static": scored["static"], "latent_nn": scored["latent_nn"],
+                 "hidden_nn": {**scored[hidden_key], "sigma": hidden_key[1], "block": hidden_key[2]}}
     best_baseline = max(baselines, key=lambda name: baselines[name]["jf"])
-    best = settings[best_block][best_fit]
+    best_sigma, best_block, best_fit = best_key
+
+    def best_at(sigma: float) -> dict:
+        _, block, fit = max((key for key in ours if key[0] == sigma), key=lambda key: scored[key]["jf"])
+        return {**scored[(sigma, block, fit)], "block": block, "head_weights": fit}
+
     if picture and shown is not None:
-        draw_picture(shown, (best_block, best_fit), ("hidden_nn", hidden_best), picture)
-    return {**best, "best_block": best_block, "head_weights": best_fit, "settings": settings, "baselines": baselines,
-            "best_baseline": best_baseline, "margin": round(best["jf"] - baselines[best_baseline]["jf"], 2),
+        draw_picture(shown, best_key, hidden_key, picture)
+    return {**scored[best_key], "best_sigma": best_sigma, "best_block": best_block, "head_weights": best_fit,
+            "settings": {block: {fit: scored[(best_sigma, block, fit)] for fit in ("mean", "fitted")} for block in blocks},
+            "by_sigma": {sigma: best_at(sigma) for sigma in sigmas},
+            "baselines": baselines, "best_baseline": best_baseline,
+            "margin": round(scored[best_key]["jf"] - baselines[best_baseline]["jf"], 2),
             "objects": len(results["static"]), "clips": clips, "seed": seed, "motion": motion, "frame_size": size,
-            "frames": frames, "sigma": sigma}
+            "frames": frames, "sigmas": list(sigmas), "temperature": temperature or "default"}
 
 
 def draw_picture(shown, ours, hidden_key, path: str) -> None:
@@ -136,8 +148,9 @@ def draw_picture(shown, ours, hidden_key, path: str) -> None:
     for index, label in enumerate(objects, start=1):
         relabelled[truth == label] = index
     times = sorted({0, len(frames) // 3, 2 * len(frames) // 3, len(frames) - 1})
-    rows = {"exact masks": relabelled, f"ours (block {ours[0]}, {ours[1]} heads)": maps_by[ours],
-            f"hidden_nn (block {hidden_key[1]})": maps_by[hidden_key], "latent_nn": maps_by["latent_nn"],
+    rows = {"exact masks": relabelled, f"ours (sigma {ours[0]}, block {ours[1]}, {ours[2]})": maps_by[ours],
+            f"hidden_nn (sigma {hidden_key[1]}, block {hidden_key[2]})": maps_by[hidden_key],
+            "latent_nn": maps_by["latent_nn"],
             "static": static}
     drawn = {name: list(overlay_labels(frames[times], maps[times])) for name, maps in rows.items()}
     bench.image_sheet(drawn, [f"frame {t}" for t in times], path, tile=200, label_width=230)
@@ -212,9 +225,12 @@ def main() -> None:
     parser.add_argument("--unet", default=str(TRAINED / TRAINED_DIT), help="default: the tiny DiT trained on these clips")
     parser.add_argument("--vae", default=str(TRAINED / TRAINED_VAE), help="default: the tiny VAE trained on these clips")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (quality: 13; speed: 81)")
-    parser.add_argument("--sigma", type=float, default=0.2)
+    parser.add_argument("--sigmas", default="0.2,0.5", help="noise levels of the forwards, each scored (the best "
+                        "setting is the best block, head weighting and sigma)")
     parser.add_argument("--motion", default="fast", help="motion regime of the clips: fast, slow, static-camera, mixed")
     parser.add_argument("--picture", default="", help="also draw the first clip's masks as a PNG here")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="softmax temperature of q.k for our propagation (0: the node's default)")
     parser.add_argument("--speed", action="store_true", help="time propagation against extraction (random weights)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="--speed: also print where propagation spends its time (stderr)")
@@ -224,8 +240,11 @@ def main() -> None:
         print(json.dumps(speed(args)))
         return
     bench.start(args)
-    print(json.dumps(evaluate(args.unet, args.vae, args.seed, args.clips, frames=args.frames or 13, sigma=args.sigma,
-                              motion=args.motion, picture=args.picture)))
+    scores = evaluate(args.unet, args.vae, args.seed, args.clips, frames=args.frames or 13,
+                      sigmas=tuple(float(sigma) for sigma in args.sigmas.split(",")), motion=args.motion,
+                      picture=args.picture, temperature=args.temperature or None)
+    print(json.dumps({"model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
+                      "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", **scores}))
 
 
 if __name__ == "__main__":

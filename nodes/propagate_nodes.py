@@ -117,7 +117,8 @@ class PropagateMask(io.ComfyNode):
                 io.Int.Input("top_k", default=16, min=0, max=1024,
                              tooltip="Context tokens each token keeps, the most attended (0 = all)."),
                 io.Float.Input("temperature", default=0.0, min=0.0, max=1000.0, step=0.01,
-                               tooltip="Softmax temperature of q·k/τ; 0 = √(head dim)."),
+                               tooltip="Softmax temperature of q·k/τ; 0 = √(head dim) / 4, sharper than the "
+                                       "model's own √(head dim): fewer, better-matching sources per token."),
                 io.Boolean.Input("fit_head_weights", default=True,
                                  tooltip="Weight the attention heads for this video: fitted on the annotated frame "
                                          "alone (30 small steps, well under a second), so that heads that see the "

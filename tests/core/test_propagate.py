@@ -13,7 +13,7 @@ from difftrack_pack.ditcorr.propagate import PropagationSettings, propagate_labe
 def brute_force(q, k, first, settings, head_weights):
     """The protocol written out token by token: full per-head softmax rows over the allowed context tokens."""
     heads, frames, height, width, dim = q.shape
-    temperature = settings.temperature or math.sqrt(dim)
+    temperature = settings.temperature_for(dim)
     labels = [first.reshape(first.shape[0], -1).double()]
     positions = [(r, c) for r in range(height) for c in range(width)]
     for target in range(1, frames):
