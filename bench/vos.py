@@ -1,7 +1,7 @@
 """Mask propagation on synthetic clips with exact per-object masks, against three baselines; and its cost on the GPU.
 
     python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
-                        [--sigmas 0.2,0.5] [--temperature T] [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
+                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T] [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
     python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
 
 Quality (the default): the tiny DiT and VAE of assets/tiny_wan/ (never trained on the seeds drawn here). Each
@@ -12,8 +12,9 @@ head weights, and scored with DAVIS's J, F and J&F (first and last frames left o
 objects. Baselines, with the same protocol (window, top-k, context) and label upsampling: static (the frame-0
 masks copied), latent_nn (affinities from the VAE latents, cosine over a temperature of 0.07 as in DINO's
 propagation) and hidden_nn (the same on a block's input hidden states instead of its q/k, at the best block and
-sigma). Prints one JSON line: jf, j, f of the best setting (sigma, block, fitted or not: best_sigma, best_block,
-head_weights); `settings` per block {mean, fitted} at the best sigma; `by_sigma` the best setting at each sigma;
+sigma). --fuse also scores sets of blocks fused (their heads together, as the node fuses the blocks it is given).
+Prints one JSON line: jf, j, f of the best setting (sigma, block or fused set, fitted or not: best_sigma,
+best_block, head_weights); `settings` per block and fused set {mean, fitted} at the best sigma; `by_sigma` the best setting at each sigma;
 `baselines`; `best_baseline`; `margin` (points).
 
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
@@ -55,13 +56,14 @@ def mean_scores(runs: list[dict]) -> dict:
 
 def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13,
              sigmas: tuple[float, ...] = (0.2,), motion: str = "fast", picture: str = "",
-             temperature: float | None = None) -> dict:
+             temperature: float | None = None, fused: tuple[str, ...] = ()) -> dict:
     import dataclasses
 
     import comfy.sd
     import comfy.utils
 
-    from difftrack_pack.ditcorr.propagate import PropagationSettings, label_image, label_maps, propagate_video
+    from difftrack_pack.ditcorr.propagate import (PropagationSettings, fused_qk, label_image, label_maps,
+                                                   propagate_video)
     from difftrack_pack.ditcorr.synthetic import Scene
     from difftrack_pack.nodes.adapters import adapter_for
     from difftrack_pack.nodes.encoding import encode_frames
@@ -80,7 +82,8 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
         labels, _ = propagate_video([(tuple(map(float, range(frames))), q, k)], 0.0, masks, settings)
         return label_maps(labels, clip_frames, 0, label_image(masks))
 
-    ours = [(sigma, block, fit) for sigma in sigmas for block in blocks for fit in ("mean", "fitted")]
+    choices = [*blocks, *fused]  # single blocks, then sets of blocks fused ("5+6": their heads together)
+    ours = [(sigma, choice, fit) for sigma in sigmas for choice in choices for fit in ("mean", "fitted")]
     hidden_keys = [("hidden_nn", sigma, block) for sigma in sigmas for block in blocks]
     results = {key: [] for key in [*ours, *hidden_keys, "static", "latent_nn"]}
     shown = None
@@ -99,10 +102,12 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
             recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)
             features = extract_from_latent(recording, latent, positions, (size, size), frames, None, blocks, sigma,
                                            seed=index, frames_per_chunk=0)
-            for block in blocks:
-                qk = features.select(block)[0].qk
+            for choice in choices:
+                parts = [choice] if isinstance(choice, int) else [int(block) for block in choice.split("+")]
+                q, k = fused_qk([(qk.q, qk.k) for qk in (features.select(block)[0].qk for block in parts)])
                 for fit, settings in (("mean", mean), ("fitted", fitted)):
-                    maps_by[(sigma, block, fit)] = propagate(qk.q, qk.k, masks, clip_frames, settings)
+                    maps_by[(sigma, choice, fit)] = propagate(q, k, masks, clip_frames, settings)
+            for block in blocks:
                 unit = unit_features(hidden[block])
                 maps_by[("hidden_nn", sigma, block)] = propagate(unit, unit, masks, clip_frames, baseline)
             features.release()
@@ -131,7 +136,8 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     if picture and shown is not None:
         draw_picture(shown, best_key, hidden_key, picture)
     return {**scored[best_key], "best_sigma": best_sigma, "best_block": best_block, "head_weights": best_fit,
-            "settings": {block: {fit: scored[(best_sigma, block, fit)] for fit in ("mean", "fitted")} for block in blocks},
+            "settings": {choice: {fit: scored[(best_sigma, choice, fit)] for fit in ("mean", "fitted")}
+                         for choice in choices},
             "by_sigma": {sigma: best_at(sigma) for sigma in sigmas},
             "baselines": baselines, "best_baseline": best_baseline,
             "margin": round(scored[best_key]["jf"] - baselines[best_baseline]["jf"], 2),
@@ -229,6 +235,8 @@ def main() -> None:
                         "setting is the best block, head weighting and sigma)")
     parser.add_argument("--motion", default="fast", help="motion regime of the clips: fast, slow, static-camera, mixed")
     parser.add_argument("--picture", default="", help="also draw the first clip's masks as a PNG here")
+    parser.add_argument("--fuse", default="", help="sets of blocks also scored fused, their heads together "
+                        "(e.g. 5+6,5+6+7)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="softmax temperature of q.k for our propagation (0: the node's default)")
     parser.add_argument("--speed", action="store_true", help="time propagation against extraction (random weights)")
@@ -242,7 +250,8 @@ def main() -> None:
     bench.start(args)
     scores = evaluate(args.unet, args.vae, args.seed, args.clips, frames=args.frames or 13,
                       sigmas=tuple(float(sigma) for sigma in args.sigmas.split(",")), motion=args.motion,
-                      picture=args.picture, temperature=args.temperature or None)
+                      picture=args.picture, temperature=args.temperature or None,
+                      fused=tuple(choice for choice in args.fuse.split(",") if choice))
     print(json.dumps({"model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
                       "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", **scores}))
 

@@ -39,7 +39,7 @@ def run(script: str, *args: str) -> dict:
     ("generation.py", ("--clips", "2", "--steps", "2", "--batch", "2", "--from-real", "0.2", "--one-step", "0.5",
                        "--motion", "one-way-slow"),
      {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
-    ("vos.py", ("--clips", "1", "--sigmas", "0.2,0.5"),
+    ("vos.py", ("--clips", "1", "--sigmas", "0.2,0.5", "--fuse", "6+7"),
      {"jf", "j", "f", "best_sigma", "best_block", "by_sigma", "settings", "baselines", "margin"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2", "--embeddings"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
@@ -73,6 +73,7 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["max_abs_diff_vs_naive"] <= 1e-4
     if script == "vos.py":  # the best setting is one of those scored, the first mask copied scores below it
         assert sorted(out["by_sigma"], key=float) == ["0.2", "0.5"] and out["best_sigma"] in (0.2, 0.5)
+        assert {"0", "7", "6+7"} <= set(out["settings"])  # every block, and the fused set
         assert out["jf"] == max(row["jf"] for row in out["by_sigma"].values()) > out["baselines"]["static"]["jf"]
     if script == "generation.py":  # the rendered clips (here of a one-way regime) are the yardstick: they pan
         # coherently, their sprites persist
