@@ -1,7 +1,8 @@
 """Mask propagation on synthetic clips with exact per-object masks, against three baselines; and its cost on the GPU.
 
     python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
-                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T] [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
+                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T]
+                        [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
     python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
 
 Quality (the default): the tiny DiT and VAE of assets/tiny_wan/ (never trained on the seeds drawn here). Each
@@ -14,8 +15,8 @@ masks copied), latent_nn (affinities from the VAE latents, cosine over a tempera
 propagation) and hidden_nn (the same on a block's input hidden states instead of its q/k, at the best block and
 sigma). --fuse also scores sets of blocks fused (their heads together, as the node fuses the blocks it is given).
 Prints one JSON line: jf, j, f of the best setting (sigma, block or fused set, fitted or not: best_sigma,
-best_block, head_weights); `settings` per block and fused set {mean, fitted} at the best sigma; `by_sigma` the best setting at each sigma;
-`baselines`; `best_baseline`; `margin` (points).
+best_block, head_weights); `settings` per block and fused set {mean, fitted} at the best sigma; `by_sigma` the
+best setting at each sigma; `baselines`; `best_baseline`; `margin` (points).
 
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
 model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
@@ -97,9 +98,9 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
         masks = torch.stack([(truth[0] == label).float() for label in objects])
         latent, positions = encode_frames(autoencoder, clip_frames, "per_frame")
         grid = adapter.token_grid(diffusion_model, latent.shape)
+        recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)  # overwritten per forward
         maps_by = {}
         for sigma in sigmas:
-            recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)
             features = extract_from_latent(recording, latent, positions, (size, size), frames, None, blocks, sigma,
                                            seed=index, frames_per_chunk=0)
             for choice in choices:
@@ -111,15 +112,14 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
                 unit = unit_features(hidden[block])
                 maps_by[("hidden_nn", sigma, block)] = propagate(unit, unit, masks, clip_frames, baseline)
             features.release()
-        static = label_image(masks)[None].expand(frames, -1, -1)
         unit = unit_features(latent[0].permute(1, 2, 3, 0))
         latent_settings = dataclasses.replace(baseline, radius=2 * baseline.radius)  # latents: twice the grid
         maps_by["latent_nn"] = propagate(unit, unit, masks, clip_frames, latent_settings)
-        maps_by["static"] = static
+        maps_by["static"] = label_image(masks)[None].expand(frames, -1, -1)
         for key, maps in maps_by.items():
             results[key] += scores(maps, truth, objects)
         if shown is None:
-            shown = (clip_frames, truth, objects, maps_by, static)
+            shown = (clip_frames, truth, objects, maps_by)
 
     scored = {key: mean_scores(runs) for key, runs in results.items()}
     best_key = max(ours, key=lambda key: scored[key]["jf"])
@@ -149,15 +149,14 @@ def draw_picture(shown, ours, hidden_key, path: str) -> None:
     """The first clip: the exact masks, ours at the best setting, and the baselines, on four frames."""
     from difftrack_pack.ditcorr.draw import overlay_labels
 
-    frames, truth, objects, maps_by, static = shown
+    frames, truth, objects, maps_by = shown
     relabelled = torch.zeros_like(truth)  # the truth in the annotated objects' numbering, others background
     for index, label in enumerate(objects, start=1):
         relabelled[truth == label] = index
     times = sorted({0, len(frames) // 3, 2 * len(frames) // 3, len(frames) - 1})
     rows = {"exact masks": relabelled, f"ours (sigma {ours[0]}, block {ours[1]}, {ours[2]})": maps_by[ours],
             f"hidden_nn (sigma {hidden_key[1]}, block {hidden_key[2]})": maps_by[hidden_key],
-            "latent_nn": maps_by["latent_nn"],
-            "static": static}
+            "latent_nn": maps_by["latent_nn"], "static": maps_by["static"]}
     drawn = {name: list(overlay_labels(frames[times], maps[times])) for name, maps in rows.items()}
     bench.image_sheet(drawn, [f"frame {t}" for t in times], path, tile=200, label_width=230)
 
