@@ -16,7 +16,9 @@ propagation) and hidden_nn (the same on a block's input hidden states instead of
 sigma). --fuse also scores sets of blocks fused (their heads together, as the node fuses the blocks it is given).
 Prints one JSON line: jf, j, f of the best setting (sigma, block or fused set, fitted or not: best_sigma,
 best_block, head_weights); `settings` per block and fused set {mean, fitted} at the best sigma; `by_sigma` the
-best setting at each sigma; `baselines`; `best_baseline`; `margin` (points).
+best setting at each sigma; `baselines`; `best_baseline`; `margin` (points); `ceiling`: the scores of the exact masks
+given at the DiT's token grid (token_grid) or at the latent's (latent_grid) on every frame and upsampled as the
+propagated labels are, what perfect correspondence at that resolution would score.
 
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
 model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
@@ -64,7 +66,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     import comfy.utils
 
     from difftrack_pack.ditcorr.propagate import (PropagationSettings, fused_qk, label_image, label_maps,
-                                                   propagate_video)
+                                                   masks_to_labels, propagate_video)
     from difftrack_pack.ditcorr.synthetic import Scene
     from difftrack_pack.nodes.adapters import adapter_for
     from difftrack_pack.nodes.encoding import encode_frames
@@ -86,7 +88,8 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     choices = [*blocks, *fused]  # single blocks, then sets of blocks fused ("5+6": their heads together)
     ours = [(sigma, choice, fit) for sigma in sigmas for choice in choices for fit in ("mean", "fitted")]
     hidden_keys = [("hidden_nn", sigma, block) for sigma in sigmas for block in blocks]
-    results = {key: [] for key in [*ours, *hidden_keys, "static", "latent_nn"]}
+    ceilings = ("token_grid", "latent_grid")
+    results = {key: [] for key in [*ours, *hidden_keys, "static", "latent_nn", *ceilings]}
     shown = None
     for index in range(clips):
         scene = Scene(seed * 100_003 + index, (size, size), frames, motion=motion)
@@ -116,6 +119,10 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
         latent_settings = dataclasses.replace(baseline, radius=2 * baseline.radius)  # latents: twice the grid
         maps_by["latent_nn"] = propagate(unit, unit, masks, clip_frames, latent_settings)
         maps_by["static"] = label_image(masks)[None].expand(frames, -1, -1)
+        for name, cells in zip(ceilings, (grid[1:], tuple(latent.shape[-2:]))):  # exact labels at that grid
+            exact = {float(t): masks_to_labels(torch.stack([(truth[t] == label).float() for label in objects]), cells)
+                     for t in range(frames)}
+            maps_by[name] = label_maps(exact, clip_frames, 0, label_image(masks))
         for key, maps in maps_by.items():
             results[key] += scores(maps, truth, objects)
         if shown is None:
@@ -141,6 +148,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
             "by_sigma": {sigma: best_at(sigma) for sigma in sigmas},
             "baselines": baselines, "best_baseline": best_baseline,
             "margin": round(scored[best_key]["jf"] - baselines[best_baseline]["jf"], 2),
+            "ceiling": {name: scored[name] for name in ceilings},
             "objects": len(results["static"]), "clips": clips, "seed": seed, "motion": motion, "frame_size": size,
             "frames": frames, "sigmas": list(sigmas), "temperature": temperature or "default"}
 

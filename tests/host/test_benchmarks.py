@@ -75,6 +75,9 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert sorted(out["by_sigma"], key=float) == ["0.2", "0.5"] and out["best_sigma"] in (0.2, 0.5)
         assert {"0", "7", "6+7"} <= set(out["settings"])  # every block, and the fused set
         assert out["jf"] == max(row["jf"] for row in out["by_sigma"].values()) > out["baselines"]["static"]["jf"]
+        # exact masks at the latent's grid (twice the tokens' in each direction) score at least those at the tokens'
+        ceiling = out["ceiling"]
+        assert ceiling["latent_grid"]["jf"] >= ceiling["token_grid"]["jf"] > out["baselines"]["static"]["jf"]
     if script == "generation.py":  # the rendered clips (here of a one-way regime) are the yardstick: they pan
         # coherently, their sprites persist
         assert out["motion"] == "one-way-slow"
