@@ -1,7 +1,7 @@
 """Mask propagation on synthetic clips with exact per-object masks, against three baselines; and its cost on the GPU.
 
     python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
-                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T]
+                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T] [--one-colour]
                         [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
     python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
 
@@ -59,7 +59,7 @@ def mean_scores(runs: list[dict]) -> dict:
 
 def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13,
              sigmas: tuple[float, ...] = (0.2,), motion: str = "fast", picture: str = "",
-             temperature: float | None = None, fused: tuple[str, ...] = ()) -> dict:
+             temperature: float | None = None, fused: tuple[str, ...] = (), one_colour: bool = False) -> dict:
     import dataclasses
 
     import comfy.sd
@@ -92,7 +92,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     results = {key: [] for key in [*ours, *hidden_keys, "static", "latent_nn", *ceilings]}
     shown = None
     for index in range(clips):
-        scene = Scene(seed * 100_003 + index, (size, size), frames, motion=motion)
+        scene = Scene(seed * 100_003 + index, (size, size), frames, motion=motion, one_colour=one_colour)
         clip_frames, truth = scene.render(), scene.labels()
         objects = [label for label in truth[0].unique().tolist() if label > 0
                    and (truth[0] == label).sum() >= MIN_OBJECT_PIXELS]
@@ -150,7 +150,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
             "margin": round(scored[best_key]["jf"] - baselines[best_baseline]["jf"], 2),
             "ceiling": {name: scored[name] for name in ceilings},
             "objects": len(results["static"]), "clips": clips, "seed": seed, "motion": motion, "frame_size": size,
-            "frames": frames, "sigmas": list(sigmas), "temperature": temperature or "default"}
+            "frames": frames, "sigmas": list(sigmas), "temperature": temperature or "default", "one_colour": one_colour}
 
 
 def draw_picture(shown, ours, hidden_key, path: str) -> None:
@@ -166,7 +166,7 @@ def draw_picture(shown, ours, hidden_key, path: str) -> None:
             f"hidden_nn (sigma {hidden_key[1]}, block {hidden_key[2]})": maps_by[hidden_key],
             "latent_nn": maps_by["latent_nn"], "static": maps_by["static"]}
     drawn = {name: list(overlay_labels(frames[times], maps[times])) for name, maps in rows.items()}
-    bench.image_sheet(drawn, [f"frame {t}" for t in times], path, tile=200, label_width=230)
+    bench.image_sheet(drawn, [f"frame {t}" for t in times], path, tile=200, label_width=270)
 
 
 def speed(args) -> dict:
@@ -242,6 +242,8 @@ def main() -> None:
                         "setting is the best block, head weighting and sigma)")
     parser.add_argument("--motion", default="fast", help="motion regime of the clips: fast, slow, static-camera, mixed")
     parser.add_argument("--picture", default="", help="also draw the first clip's masks as a PNG here")
+    parser.add_argument("--one-colour", action="store_true", help="every sprite of a clip the same colour: only "
+                        "shape, shading and motion tell them apart")
     parser.add_argument("--fuse", default="", help="sets of blocks also scored fused, their heads together "
                         "(e.g. 5+6,5+6+7)")
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -258,7 +260,7 @@ def main() -> None:
     scores = evaluate(args.unet, args.vae, args.seed, args.clips, frames=args.frames or 13,
                       sigmas=tuple(float(sigma) for sigma in args.sigmas.split(",")), motion=args.motion,
                       picture=args.picture, temperature=args.temperature or None,
-                      fused=tuple(choice for choice in args.fuse.split(",") if choice))
+                      fused=tuple(choice for choice in args.fuse.split(",") if choice), one_colour=args.one_colour)
     print(json.dumps({"model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
                       "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", **scores}))
 

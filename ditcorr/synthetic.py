@@ -117,13 +117,15 @@ def muted(texture: torch.Tensor, colourfulness: float = 0.6) -> torch.Tensor:
     return 0.1 + 0.85 * (brightness + colourfulness * (texture - brightness))
 
 
-def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64) -> torch.Tensor:
+def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64, colour: torch.Tensor | None = None) -> torch.Tensor:
     """A sprite's texture [3, size, size]: one saturated colour, shaded by a texture of 4 cells, with a black outline.
 
     The colour and outline make sprites objects a generator can learn; the shading
-    gives points inside a sprite something to be matched by.
+    gives points inside a sprite something to be matched by. colour: [3, 1, 1] to use instead of the one drawn
+    (which is drawn all the same, so the generator's later draws do not change).
     """
-    colour = 0.1 + stretched(torch.rand(3, 1, 1, generator=generator), 0.9)
+    drawn = 0.1 + stretched(torch.rand(3, 1, 1, generator=generator), 0.9)
+    colour = drawn if colour is None else colour
     shade = stretched(smooth_texture(generator, size, size // 4, channels=1))
     texel = (torch.arange(size) + 0.5) / size * 2 - 1
     v, u = torch.meshgrid(texel, texel, indexing="ij")
@@ -132,10 +134,12 @@ def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64) -> to
 
 
 class Scene:
-    """A seeded random scene; render() and track() give frames and exact tracks."""
+    """A seeded random scene; render() and track() give frames and exact tracks. one_colour: every sprite the same
+    colour (drawn from the seed), so that only shape, shading and motion tell them apart; the rest of the scene is
+    the one drawn without it."""
 
     def __init__(self, seed: int, frame_size: tuple[int, int] = (64, 64), frames: int = 13, sprites: int = 3,
-                 motion: str = "fast"):
+                 motion: str = "fast", one_colour: bool = False):
         if motion not in MOTIONS:
             raise ValueError(f"Unknown motion regime {motion!r}; use one of {tuple(MOTIONS)}.")
         regime = MOTIONS[motion]
@@ -158,6 +162,8 @@ class Scene:
             self.pan = self.pan.norm() * torch.tensor([math.cos(angle), math.sin(angle)])
         self.margin = int(abs(self.pan).max() * frames) + 2
         self.background = muted(smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale))))
+        colour_generator = torch.Generator().manual_seed(seed + 104_729)  # apart, so the scene's draws stay the same
+        colour = 0.1 + stretched(torch.rand(3, 1, 1, generator=colour_generator), 0.9) if one_colour else None
         self.sprites = []
         for _ in range(sprites):
             centre, unit = rand(2) * torch.tensor([width, height]), (rand(2) - 0.5) * 2
@@ -169,7 +175,7 @@ class Scene:
             velocity = Motion.velocity(unit, fast, per_256, own.sprite) * moves
             stop = draw() * (frames - 1) if draw() < own.stops else math.inf
             self.sprites.append(Sprite(centre, velocity, size, angle, spin * own.turn * moves, growth * own.turn * moves,
-                                       disc, sprite_texture(self.generator, disc), stop))
+                                       disc, sprite_texture(self.generator, disc, colour=colour), stop))
 
     def _local(self, sprite: Sprite, points: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Sprite-local coordinates in [-1, 1]^2 (inside the sprite) of pixel points at times t."""
