@@ -98,7 +98,8 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
                    and (truth[0] == label).sum() >= MIN_OBJECT_PIXELS]
         if not objects:
             continue
-        masks = torch.stack([(truth[0] == label).float() for label in objects])
+        object_masks = torch.stack([truth == label for label in objects], dim=1).float()  # [T, N, H, W]
+        masks = object_masks[0]
         latent, positions = encode_frames(autoencoder, clip_frames, "per_frame")
         grid = adapter.token_grid(diffusion_model, latent.shape)
         recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)  # overwritten per forward
@@ -120,8 +121,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
         maps_by["latent_nn"] = propagate(unit, unit, masks, clip_frames, latent_settings)
         maps_by["static"] = label_image(masks)[None].expand(frames, -1, -1)
         for name, cells in zip(ceilings, (grid[1:], tuple(latent.shape[-2:]))):  # exact labels at that grid
-            exact = {float(t): masks_to_labels(torch.stack([(truth[t] == label).float() for label in objects]), cells)
-                     for t in range(frames)}
+            exact = {float(t): masks_to_labels(object_masks[t], cells) for t in range(frames)}
             maps_by[name] = label_maps(exact, clip_frames, 0, label_image(masks))
         for key, maps in maps_by.items():
             results[key] += scores(maps, truth, objects)

@@ -117,6 +117,11 @@ def muted(texture: torch.Tensor, colourfulness: float = 0.6) -> torch.Tensor:
     return 0.1 + 0.85 * (brightness + colourfulness * (texture - brightness))
 
 
+def sprite_colour(generator: torch.Generator) -> torch.Tensor:
+    """A saturated colour [3, 1, 1]: its channels stretched over [0.1, 1]."""
+    return 0.1 + stretched(torch.rand(3, 1, 1, generator=generator), 0.9)
+
+
 def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64, colour: torch.Tensor | None = None) -> torch.Tensor:
     """A sprite's texture [3, size, size]: one saturated colour, shaded by a texture of 4 cells, with a black outline.
 
@@ -124,7 +129,7 @@ def sprite_texture(generator: torch.Generator, disc: bool, size: int = 64, colou
     gives points inside a sprite something to be matched by. colour: [3, 1, 1] to use instead of the one drawn
     (which is drawn all the same, so the generator's later draws do not change).
     """
-    drawn = 0.1 + stretched(torch.rand(3, 1, 1, generator=generator), 0.9)
+    drawn = sprite_colour(generator)
     colour = drawn if colour is None else colour
     shade = stretched(smooth_texture(generator, size, size // 4, channels=1))
     texel = (torch.arange(size) + 0.5) / size * 2 - 1
@@ -162,8 +167,8 @@ class Scene:
             self.pan = self.pan.norm() * torch.tensor([math.cos(angle), math.sin(angle)])
         self.margin = int(abs(self.pan).max() * frames) + 2
         self.background = muted(smooth_texture(self.generator, max(height, width) + 2 * self.margin, max(8, round(4 * scale))))
-        colour_generator = torch.Generator().manual_seed(seed + 104_729)  # apart, so the scene's draws stay the same
-        colour = 0.1 + stretched(torch.rand(3, 1, 1, generator=colour_generator), 0.9) if one_colour else None
+        # from a generator of its own, so the scene's draws stay the same
+        colour = sprite_colour(torch.Generator().manual_seed(seed + 104_729)) if one_colour else None
         self.sprites = []
         for _ in range(sprites):
             centre, unit = rand(2) * torch.tensor([width, height]), (rand(2) - 0.5) * 2

@@ -136,16 +136,19 @@ def test_labels_are_the_objects_the_renderer_drew(motion):
     assert agree.float().mean() > 0.97  # all but points within a pixel of an edge
 
 
+def sprite_hues(scene: Scene) -> list[torch.Tensor]:
+    """Each sprite's colour up to brightness [3]: a texel is its colour times its own shading (the outline aside,
+    away from the centre), so dividing by the mean over channels leaves the colour's proportions alone."""
+    inner = [sprite.texture[:, 24:40, 24:40] for sprite in scene.sprites]
+    return [(texture / texture.mean(0, keepdim=True)).mean((1, 2)) for texture in inner]
+
+
 def test_one_colour_scenes_differ_only_in_the_sprites_colours():
     for seed in range(4):
         plain, one = Scene(seed, (64, 64), 5), Scene(seed, (64, 64), 5, one_colour=True)
         assert torch.equal(plain.labels(), one.labels()) and torch.equal(plain.pan, one.pan)
-        # each sprite's texture is its colour times its own shading (outline aside): the ratio of two sprites'
-        # texels is the ratio of their shadings alone when they share a colour
-        inner = [sprite.texture[:, 24:40, 24:40] for sprite in one.sprites]
-        colours = [(texture / texture.mean(0, keepdim=True)).mean((1, 2)) for texture in inner]
-        for colour in colours[1:]:
-            torch.testing.assert_close(colour, colours[0], atol=1e-4, rtol=1e-4)
-        plain_colours = [(s.texture[:, 24:40, 24:40] / s.texture[:, 24:40, 24:40].mean(0, keepdim=True)).mean((1, 2))
-                         for s in plain.sprites]
-        assert any((colour - plain_colours[0]).abs().max() > 0.05 for colour in plain_colours[1:])
+        hues = sprite_hues(one)
+        for hue in hues[1:]:
+            torch.testing.assert_close(hue, hues[0], atol=1e-4, rtol=1e-4)
+        plain_hues = sprite_hues(plain)
+        assert any((hue - plain_hues[0]).abs().max() > 0.05 for hue in plain_hues[1:])
