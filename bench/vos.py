@@ -1,7 +1,7 @@
 """Mask propagation on synthetic clips with exact per-object masks, against three baselines; and its cost on the GPU.
 
     python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
-                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T] [--one-colour]
+                        [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T] [--one-colour] [--upscale 2]
                         [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
     python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
 
@@ -19,6 +19,9 @@ best_block, head_weights); `settings` per block and fused set {mean, fitted} at 
 best setting at each sigma; `baselines`; `best_baseline`; `margin` (points); `ceiling`: the scores of the exact masks
 given at the DiT's token grid (token_grid) or at the latent's (latent_grid) on every frame and upsampled as the
 propagated labels are, what perfect correspondence at that resolution would score.
+--upscale F enlarges the clips F times (bicubic, as the node's upscale does) before the VAE and the DiT, for ours
+and every baseline alike, the windows F times wider in tokens; labels come back at the clips' own size and are
+scored there.
 
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
 model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
@@ -59,7 +62,8 @@ def mean_scores(runs: list[dict]) -> dict:
 
 def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames: int = 13,
              sigmas: tuple[float, ...] = (0.2,), motion: str = "fast", picture: str = "",
-             temperature: float | None = None, fused: tuple[str, ...] = (), one_colour: bool = False) -> dict:
+             temperature: float | None = None, fused: tuple[str, ...] = (), one_colour: bool = False,
+             upscale: int = 1) -> dict:
     import dataclasses
 
     import comfy.sd
@@ -69,7 +73,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
                                                    masks_to_labels, propagate_video)
     from difftrack_pack.ditcorr.synthetic import Scene
     from difftrack_pack.nodes.adapters import adapter_for
-    from difftrack_pack.nodes.encoding import encode_frames
+    from difftrack_pack.nodes.encoding import enlarged, encode_frames
     from difftrack_pack.nodes.extract import extract_from_latent
 
     model = comfy.sd.load_diffusion_model(unet)
@@ -77,7 +81,7 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
     diffusion_model = model.get_model_object("diffusion_model")
     adapter = adapter_for(diffusion_model)
     blocks = list(range(adapter.block_count(diffusion_model)))
-    fitted = PropagationSettings(temperature=temperature)
+    fitted = PropagationSettings(temperature=temperature, radius=upscale * PropagationSettings.radius)
     mean = dataclasses.replace(fitted, fit_steps=0)
     baseline = dataclasses.replace(mean, temperature=BASELINE_TEMPERATURE)
 
@@ -100,13 +104,13 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
             continue
         object_masks = torch.stack([truth == label for label in objects], dim=1).float()  # [T, N, H, W]
         masks = object_masks[0]
-        latent, positions = encode_frames(autoencoder, clip_frames, "per_frame")
+        latent, positions = encode_frames(autoencoder, enlarged(clip_frames, upscale), "per_frame")
         grid = adapter.token_grid(diffusion_model, latent.shape)
         recording, hidden = bench.recording_hidden_states(model, adapter, blocks, grid)  # overwritten per forward
         maps_by = {}
         for sigma in sigmas:
-            features = extract_from_latent(recording, latent, positions, (size, size), frames, None, blocks, sigma,
-                                           seed=index, frames_per_chunk=0)
+            features = extract_from_latent(recording, latent, positions, (upscale * size,) * 2, frames, None, blocks,
+                                           sigma, seed=index, frames_per_chunk=0)
             for choice in choices:
                 parts = [choice] if isinstance(choice, int) else [int(block) for block in choice.split("+")]
                 q, k = fused_qk([(qk.q, qk.k) for qk in (features.select(block)[0].qk for block in parts)])
@@ -150,7 +154,8 @@ def evaluate(unet: str, vae: str, seed: int, clips: int, size: int = 256, frames
             "margin": round(scored[best_key]["jf"] - baselines[best_baseline]["jf"], 2),
             "ceiling": {name: scored[name] for name in ceilings},
             "objects": len(results["static"]), "clips": clips, "seed": seed, "motion": motion, "frame_size": size,
-            "frames": frames, "sigmas": list(sigmas), "temperature": temperature or "default", "one_colour": one_colour}
+            "frames": frames, "sigmas": list(sigmas), "temperature": temperature or "default", "one_colour": one_colour,
+            "upscale": upscale}
 
 
 def draw_picture(shown, ours, hidden_key, path: str) -> None:
@@ -244,6 +249,8 @@ def main() -> None:
     parser.add_argument("--picture", default="", help="also draw the first clip's masks as a PNG here")
     parser.add_argument("--one-colour", action="store_true", help="every sprite of a clip the same colour: only "
                         "shape, shading and motion tell them apart")
+    parser.add_argument("--upscale", type=int, default=1, help="frames enlarged this many times before the VAE and "
+                        "the DiT, for ours and every baseline (the node's upscale; window radii scaled to match)")
     parser.add_argument("--fuse", default="", help="sets of blocks also scored fused, their heads together "
                         "(e.g. 5+6,5+6+7)")
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -260,7 +267,8 @@ def main() -> None:
     scores = evaluate(args.unet, args.vae, args.seed, args.clips, frames=args.frames or 13,
                       sigmas=tuple(float(sigma) for sigma in args.sigmas.split(",")), motion=args.motion,
                       picture=args.picture, temperature=args.temperature or None,
-                      fused=tuple(choice for choice in args.fuse.split(",") if choice), one_colour=args.one_colour)
+                      fused=tuple(choice for choice in args.fuse.split(",") if choice), one_colour=args.one_colour,
+                      upscale=args.upscale)
     print(json.dumps({"model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
                       "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", **scores}))
 

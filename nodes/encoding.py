@@ -152,6 +152,16 @@ def encode_frames(vae, images: torch.Tensor, encoding: str,
     return encode_each_frame(vae, images[..., :3], on_frames), tuple(float(i) for i in range(images.shape[0]))
 
 
+def enlarged(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Frames [T, H, W, 3] `factor` times larger on each side, bicubic, as core's Upscale Image By makes them: what
+    the model sees when its tokens should cover a smaller patch of the video (the frames themselves when 1)."""
+    if factor == 1:
+        return images
+    height, width = images.shape[1:3]
+    return comfy.utils.common_upscale(images.movedim(-1, 1), width * factor, height * factor, "bicubic",
+                                      "disabled").movedim(1, -1)
+
+
 class EncodingCache:
     """The latest encodings, by VAE, frames and encoding: a re-run that changed only a point, a block or σ skips
     the VAE. Entries are known by the very VAE and frames objects (ComfyUI hands a node the same cached output

@@ -14,6 +14,7 @@ from ..ditcorr.mask_prompts import mask_prompts
 from ..ditcorr.propagate import (MAX_OBJECTS, PropagationSettings, fused_qk, label_image, label_maps,
                                  propagate_video)
 from .analysis import with_best_block
+from .encoding import enlarged
 from .extract import VideoExtraction, extract_from_latent, extraction_inputs, progress_step
 from .vocabulary import (CATEGORY, DitFeaturesType, capture_request, check_same_video, compute_window, model_blocks,
                          resolve_blocks, storage_inputs, wants_best)
@@ -126,6 +127,11 @@ class PropagateMask(io.ComfyNode):
                 *extraction_inputs(" With features: which captured blocks to fuse ('auto' = every captured block).",
                                    when="When extracting: ", chunking=RUNS),
                 *storage_inputs(),
+                io.Int.Input("upscale", default=1, min=1, max=3,
+                             tooltip="When extracting: the frames are enlarged this many times (bicubic) before the "
+                                     "model sees them, so each token covers a smaller patch: small objects and thin "
+                                     "parts follow better; radius stays in tokens of the frames as given. Costs about "
+                                     "upscale² the tokens (more in time: attention grows with their square)."),
                 io.Image.Input("images", tooltip="The video: the masks snap to its edges, and the preview shows it."),
                 DitFeaturesType.Input("features", optional=True,
                                       tooltip="Features to propagate with (Extract Features with the annotated frame "
@@ -149,7 +155,7 @@ class PropagateMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, mask_objects, annotated_frame, context, radius, top_k, temperature, fit_head_weights,
-                blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage, images, features=None,
+                blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage, upscale, images, features=None,
                 model=None, vae=None, conditioning=None) -> io.NodeOutput:
         if features is None and (model is None or vae is None):
             raise ValueError("Connect either features (from Extract Features) or model and vae.")
@@ -158,7 +164,11 @@ class PropagateMask(io.ComfyNode):
             raise ValueError(f"annotated_frame {annotated_frame} is outside the video's {frame_count} frames "
                              f"(0..{frame_count - 1}): set it to the frame the mask was drawn on.")
         objects = object_masks(mask, mask_objects, frame_size)
-        settings = PropagationSettings(temperature=temperature or None, context=context, radius=radius or None,
+        if features is not None and upscale != 1:
+            raise ValueError(f"upscale {upscale} applies when this node extracts: with features connected set it to 1, "
+                             f"and to propagate at a finer grid enlarge the images for Extract Features (Upscale Image "
+                             f"By) and multiply radius by the same factor.")
+        settings = PropagationSettings(temperature=temperature or None, context=context, radius=upscale * radius or None,
                                        top_k=top_k, fit_steps=PropagationSettings.fit_steps if fit_head_weights else 0)
         chosen = ""
         if features is not None:
@@ -172,10 +182,11 @@ class PropagateMask(io.ComfyNode):
         else:
             model_blocks(blocks, "read", model, best=True)  # an unsupported model or unreadable blocks: refused first
             extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
-            latent, positions = extraction.encode(vae, images)
-            extraction, chosen = with_best_block(extraction, model, latent, positions, images, conditioning)
+            seen = enlarged(images, upscale)
+            latent, positions = extraction.encode(vae, seen)
+            extraction, chosen = with_best_block(extraction, model, latent, positions, seen, conditioning)
             annotated = nearest(positions, annotated_frame)
-            forwards = model_forwards(model, latent, positions, images, conditioning, extraction,
+            forwards = model_forwards(model, latent, positions, seen, conditioning, extraction,
                                       positions.index(annotated), context)
         bar = comfy.utils.ProgressBar(max(1, len(positions) - 1) + frame_count)  # token frames, then pixel frames
         step = progress_step(bar)

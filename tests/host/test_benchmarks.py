@@ -41,6 +41,8 @@ def run(script: str, *args: str) -> dict:
      {"generated", "real", "meets", "seconds", "from_real", "one_step"}),
     ("vos.py", ("--clips", "1", "--sigmas", "0.2,0.5", "--fuse", "6+7"),
      {"jf", "j", "f", "best_sigma", "best_block", "by_sigma", "settings", "baselines", "margin"}),
+    ("vos.py", ("--clips", "1", "--sigmas", "0.5", "--fuse", "6+7", "--upscale", "2"),
+     {"jf", "j", "f", "best_sigma", "best_block", "by_sigma", "settings", "baselines", "margin"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2", "--embeddings"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
     ("motion_transfer.py", ("--clips", "1", "--steps", "3", "--iterations", "2", "--rate", "0.005,0.005",
@@ -72,7 +74,9 @@ def test_benchmark_prints_its_json_line(script, args, keys):
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
     if script == "vos.py":  # the best setting is one of those scored, the first mask copied scores below it
-        assert sorted(out["by_sigma"], key=float) == ["0.2", "0.5"] and out["best_sigma"] in (0.2, 0.5)
+        sigmas = args[args.index("--sigmas") + 1].split(",")
+        assert sorted(out["by_sigma"], key=float) == sigmas and out["best_sigma"] in map(float, sigmas)
+        assert out["upscale"] == (2 if "--upscale" in args else 1)
         assert {"0", "7", "6+7"} <= set(out["settings"])  # every block, and the fused set
         assert out["jf"] == max(row["jf"] for row in out["by_sigma"].values()) > out["baselines"]["static"]["jf"]
         # exact masks at the latent's grid (twice the tokens' in each direction) score at least those at the tokens'

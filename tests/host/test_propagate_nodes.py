@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 
+import comfy.sd
+import comfy.utils
+import nodes as comfy_nodes
 import pytest
 import torch
 
 from difftrack_devkit.models import random_model, random_wan_vae
 from difftrack_devkit.nodes import run_node
 from difftrack_devkit.oracle_scene import Scene
+from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 from difftrack_pack.ditcorr import CaptureKey, DitFeatures
 from difftrack_pack.ditcorr.propagate import MAX_OBJECTS
+from difftrack_pack.ditcorr.synthetic import Scene as SyntheticScene
 from difftrack_pack.nodes.capture_nodes import ExtractVideoFeatures
 from difftrack_pack.nodes.propagate_nodes import PropagateMask
 
@@ -86,6 +91,29 @@ def test_propagation_from_the_model_matches_propagation_from_its_extracted_featu
     assert masks.shape == (FRAMES, SIZE, SIZE) and object_masks.shape == (FRAMES, SIZE, SIZE)
     assert torch.equal(masks[3], square_mask()[0]) and len(json.loads(prompts)) == FRAMES
     assert model.model_options.get("transformer_options", {}).get("patches_replace") in (None, {})  # not left patched
+
+
+def test_upscale_propagates_as_features_of_frames_enlarged_by_core_with_the_radius_scaled():
+    """upscale 2 equals what a user wires by hand: core's Upscale Image By (bicubic, 2x) into Extract Features, and
+    Propagate Mask on the original frames with twice the radius. On the trained tiny DiT and a synthetic clip (a
+    seed nothing else draws), so that masks do propagate: they come at the frames' size, on every frame, and differ
+    from those of the unenlarged frames. With features connected, upscale is refused with what to do instead."""
+    model = comfy.sd.load_diffusion_model(str(TRAINED / TRAINED_DIT))
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(TRAINED / TRAINED_VAE)))
+    scene = SyntheticScene(515_151, (128, 128), 7)
+    images, truth = scene.render(), scene.labels()
+    sprite = max((label for label in truth[0].unique().tolist() if label > 0), key=lambda label: (truth[0] == label).sum())
+    inputs = {"images": images, "mask": (truth[0:1] == sprite).float(), "blocks": "6", "sigma": 0.5, "frames_per_chunk": 0}
+    ours = propagate(model=model, vae=vae, upscale=2, radius=4, **inputs)
+    (big,) = comfy_nodes.ImageScaleBy().upscale(images, "bicubic", 2.0)
+    (features,) = run_node(ExtractVideoFeatures, model=model, vae=vae, images=big, blocks="6", sigma=0.5,
+                           frames_per_chunk=0, reference_frame=0).args
+    by_hand = propagate(features=features, radius=8, **{**inputs, "blocks": "auto"})
+    assert ours[0].shape == (7, 128, 128) and torch.equal(ours[0], by_hand[0]) and ours[3] == by_hand[3]
+    assert ours[0].flatten(1).sum(1).min() > 0
+    assert not torch.equal(ours[0], propagate(model=model, vae=vae, radius=4, **inputs)[0])
+    with pytest.raises(ValueError, match="enlarge the images for Extract Features"):
+        propagate(features=features, upscale=2, **{**inputs, "blocks": "auto"})
 
 
 @pytest.mark.parametrize("inputs, message", [
