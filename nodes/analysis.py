@@ -11,6 +11,7 @@ from ..ditcorr import DitFeatures
 from ..ditcorr.analysis import Analysis, FrameColours, analysis_frames, best_cell, rank_cells, score_cell
 from ..ditcorr.points import grid_points
 from ..ditcorr.track import TrackSettings
+from .encoding import enlarged
 from .extract import VideoExtraction, extract_from_latent
 from .vocabulary import capture_request, compute_window, model_blocks, wants_best
 
@@ -81,11 +82,12 @@ def report_choice(analysis: Analysis) -> tuple[int, str]:
 
 
 def with_best_block(extraction: VideoExtraction, model, latent: torch.Tensor, positions: tuple[float, ...],
-                    images: torch.Tensor, conditioning: list | None) -> tuple[VideoExtraction, str]:
+                    images: torch.Tensor, conditioning: list | None, upscale: int = 1) -> tuple[VideoExtraction, str]:
     """The extraction with `blocks="best"` replaced by the block chosen on this video (and what was chosen), or
-    unchanged (and "") for any other blocks."""
+    unchanged (and "") for any other blocks. upscale: the latent is of the frames enlarged this many times (the
+    choice then tracks on them; they are only made when it runs)."""
     if not wants_best(extraction.blocks):
         return extraction, ""
-    block, message = choose_block(model, latent, positions, images, conditioning,
+    block, message = choose_block(model, latent, positions, enlarged(images, upscale), conditioning,
                                   model_blocks("best", "read", model, best=True), extraction.sigma, extraction.seed)
     return dataclasses.replace(extraction, blocks=str(block)), message

@@ -163,29 +163,30 @@ def enlarged(images: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class EncodingCache:
-    """The latest encodings, by VAE, frames and encoding: a re-run that changed only a point, a block or σ skips
-    the VAE. Entries are known by the very VAE and frames objects (ComfyUI hands a node the same cached output
+    """The latest encodings, by VAE, frames, encoding and enlargement: a re-run that changed only a point, a block or
+    σ skips the VAE. Entries are known by the very VAE and frames objects (ComfyUI hands a node the same cached output
     while nothing upstream changed; outputs are never modified in place) and are held weakly: an entry goes when
     its VAE or its frames do. At most `max_entries` latents and `max_bytes` of them; the oldest go first."""
 
     def __init__(self, max_entries: int = 4, max_bytes: int = 2**30):
         self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._entries: OrderedDict[tuple[int, int, str], tuple[weakref.ref, weakref.ref, torch.Tensor, tuple]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int, str, int], tuple[weakref.ref, weakref.ref, torch.Tensor, tuple]] = OrderedDict()
         self.hits = 0
 
-    def get(self, vae, images: torch.Tensor, encoding: str) -> tuple[torch.Tensor, tuple[float, ...]] | None:
+    def get(self, vae, images: torch.Tensor, encoding: str, upscale: int = 1) -> tuple[torch.Tensor, tuple[float, ...]] | None:
         self._drop_dead()
-        key = (id(vae), id(images), encoding)
+        key = (id(vae), id(images), encoding, upscale)
         if key not in self._entries:
             return None
         self._entries.move_to_end(key)
         self.hits += 1
         return self._entries[key][2:]
 
-    def put(self, vae, images: torch.Tensor, encoding: str, latent: torch.Tensor, positions: tuple[float, ...]) -> None:
+    def put(self, vae, images: torch.Tensor, encoding: str, latent: torch.Tensor, positions: tuple[float, ...],
+            upscale: int = 1) -> None:
         if latent.numel() * latent.element_size() > self.max_bytes:
             return
-        self._entries[(id(vae), id(images), encoding)] = (weakref.ref(vae), weakref.ref(images), latent, positions)
+        self._entries[(id(vae), id(images), encoding, upscale)] = (weakref.ref(vae), weakref.ref(images), latent, positions)
         while len(self._entries) > self.max_entries or self.size_bytes() > self.max_bytes:
             self._entries.popitem(last=False)
 
@@ -207,10 +208,11 @@ class EncodingCache:
 ENCODING_CACHE = EncodingCache()  # the nodes' cache; tests and benchmarks may make their own
 
 
-def encode_with_progress(vae, images: torch.Tensor, encoding: str,
-                         cache: EncodingCache | None = ENCODING_CACHE) -> tuple[torch.Tensor, tuple[float, ...]]:
-    """encode_frames with a progress bar over the frames (unless `cache` already holds this encoding)."""
-    cached = cache.get(vae, images, encoding) if cache is not None else None
+def encode_with_progress(vae, images: torch.Tensor, encoding: str, cache: EncodingCache | None = ENCODING_CACHE,
+                         upscale: int = 1) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """encode_frames of the frames enlarged `upscale` times, with a progress bar over the frames (unless `cache`
+    already holds this encoding: it is known by the frames as given, so a re-run neither enlarges nor encodes)."""
+    cached = cache.get(vae, images, encoding, upscale) if cache is not None else None
     if cached is not None:
         return cached
     bar = comfy.utils.ProgressBar(images.shape[0])
@@ -219,7 +221,7 @@ def encode_with_progress(vae, images: torch.Tensor, encoding: str,
         comfy.model_management.throw_exception_if_processing_interrupted()
         bar.update(count)
 
-    latent, positions = encode_frames(vae, images, encoding, advance)
+    latent, positions = encode_frames(vae, enlarged(images, upscale), encoding, advance)
     if cache is not None:
-        cache.put(vae, images, encoding, latent, positions)
+        cache.put(vae, images, encoding, latent, positions, upscale)
     return latent, positions

@@ -135,9 +135,10 @@ class VideoExtraction:
     storage_dtype: str = "model"
     storage: str = "cpu"
 
-    def encode(self, vae, images: torch.Tensor) -> tuple[torch.Tensor, tuple[float, ...]]:
-        """The latent of the video and the source-frame position of each latent frame, with a progress bar."""
-        return encode_with_progress(vae, images, self.encoding)
+    def encode(self, vae, images: torch.Tensor, upscale: int = 1) -> tuple[torch.Tensor, tuple[float, ...]]:
+        """The latent of the video (its frames enlarged `upscale` times) and the source-frame position of each latent
+        frame, with a progress bar."""
+        return encode_with_progress(vae, images, self.encoding, upscale=upscale)
 
     def extract(self, model, latent: torch.Tensor, positions: tuple[float, ...], images: torch.Tensor,
                 conditioning: list | None, reference_frame: int = 0) -> DitFeatures:

@@ -14,7 +14,6 @@ from ..ditcorr.mask_prompts import mask_prompts
 from ..ditcorr.propagate import (MAX_OBJECTS, PropagationSettings, fused_qk, label_image, label_maps,
                                  propagate_video)
 from .analysis import with_best_block
-from .encoding import enlarged
 from .extract import VideoExtraction, extract_from_latent, extraction_inputs, progress_step
 from .vocabulary import (CATEGORY, DitFeaturesType, capture_request, check_same_video, compute_window, model_blocks,
                          resolve_blocks, storage_inputs, wants_best)
@@ -65,19 +64,19 @@ def on_device(window, qk) -> tuple[torch.Tensor, torch.Tensor]:
     return moved.q, moved.k
 
 
-def model_forwards(model, latent: torch.Tensor, positions: tuple[float, ...], images: torch.Tensor,
-                   conditioning: list | None, extraction: VideoExtraction, reference: int,
+def model_forwards(model, latent: torch.Tensor, positions: tuple[float, ...], frame_size: tuple[int, int],
+                   frame_count: int, conditioning: list | None, extraction: VideoExtraction, reference: int,
                    overlap: int) -> Iterator[tuple[tuple[float, ...], torch.Tensor, torch.Tensor]]:
     """(positions, q, k) of each forward of the propagation's runs (plan_windows around latent frame `reference`),
-    blocks fused, extracted one forward at a time and released after use; a progress bar over the forwards."""
+    blocks fused, extracted one forward at a time and released after use; a progress bar over the forwards.
+    frame_size, frame_count: of the frames the latent was encoded from."""
     chunks = plan_windows(latent.shape[2], extraction.frames_per_chunk, reference, overlap)
     request = capture_request("all", 0.0, 1000.0, "cond", extraction.storage_dtype, extraction.storage)
     blocks = model_blocks(extraction.blocks, "read", model)
     bar = comfy.utils.ProgressBar(len(chunks))
     for chunk in chunks:
-        features = extract_from_latent(model, latent, positions, tuple(images.shape[1:3]), images.shape[0],
-                                       conditioning, blocks, extraction.sigma, extraction.seed, request=request,
-                                       chunks=[chunk])
+        features = extract_from_latent(model, latent, positions, frame_size, frame_count, conditioning, blocks,
+                                       extraction.sigma, extraction.seed, request=request, chunks=[chunk])
         yield from captured_forwards(features, blocks)
         features.release()
         bar.update(1)
@@ -182,12 +181,11 @@ class PropagateMask(io.ComfyNode):
         else:
             model_blocks(blocks, "read", model, best=True)  # an unsupported model or unreadable blocks: refused first
             extraction = VideoExtraction(blocks, sigma, seed, encoding, frames_per_chunk, storage_dtype, storage)
-            seen = enlarged(images, upscale)
-            latent, positions = extraction.encode(vae, seen)
-            extraction, chosen = with_best_block(extraction, model, latent, positions, seen, conditioning)
+            latent, positions = extraction.encode(vae, images, upscale)
+            extraction, chosen = with_best_block(extraction, model, latent, positions, images, conditioning, upscale)
             annotated = nearest(positions, annotated_frame)
-            forwards = model_forwards(model, latent, positions, seen, conditioning, extraction,
-                                      positions.index(annotated), context)
+            forwards = model_forwards(model, latent, positions, (upscale * frame_size[0], upscale * frame_size[1]),
+                                      frame_count, conditioning, extraction, positions.index(annotated), context)
         bar = comfy.utils.ProgressBar(max(1, len(positions) - 1) + frame_count)  # token frames, then pixel frames
         step = progress_step(bar)
         labels, _ = propagate_video(forwards, annotated, objects, settings, step)

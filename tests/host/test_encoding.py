@@ -132,6 +132,25 @@ def test_cache_reuses_an_encoding_of_the_same_frames_and_vae_only():
     assert len(cache) == 0  # entries go with their frames
 
 
+def test_a_propagate_mask_rerun_with_the_frames_enlarged_skips_enlarging_and_encoding():
+    """The cache knows an encoding by the frames as given and the enlargement: another radius re-uses the 2x
+    encoding (neither enlarged nor encoded again); upscale 1 on the same frames is another encoding."""
+    from difftrack_devkit.models import random_model
+    from difftrack_pack.nodes.encoding import ENCODING_CACHE
+    from difftrack_pack.nodes.propagate_nodes import PropagateMask
+
+    model, vae, images = random_model("wan"), random_wan_vae(seed=3), frames(size=(32, 32), count=5)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1
+    calls = encoder_calls(vae)
+    run_node(PropagateMask, model=model, vae=vae, images=images, mask=mask, upscale=2)
+    encoded, hits = calls.counts["encoder"], ENCODING_CACHE.hits
+    run_node(PropagateMask, model=model, vae=vae, images=images, mask=mask, upscale=2, radius=3)
+    assert encoded >= 1 and calls.counts["encoder"] == encoded and ENCODING_CACHE.hits == hits + 1
+    run_node(PropagateMask, model=model, vae=vae, images=images, mask=mask, upscale=1)
+    assert calls.counts["encoder"] > encoded and ENCODING_CACHE.hits == hits + 1
+
+
 def test_a_track_points_rerun_with_another_point_skips_the_encoding():
     from difftrack_devkit.models import random_model
     from difftrack_pack.nodes.encoding import ENCODING_CACHE
