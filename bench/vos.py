@@ -3,7 +3,7 @@
     python bench/vos.py --seed S --clips N [--motion fast|slow|static-camera|mixed] [--frames F] [--device cpu|cuda]
                         [--sigmas 0.2,0.5] [--fuse 5+6,5+6+7] [--temperature T] [--one-colour] [--upscale 2]
                         [--unet <dit.safetensors> --vae <vae.safetensors>] [--picture PATH]
-    python bench/vos.py --speed --size tiny|1.3b --frames 81 [--device cuda]
+    python bench/vos.py --speed --size tiny|1.3b --frames 81 [--upscale 2] [--device cuda]
 
 Quality (the default): the tiny DiT and VAE of assets/tiny_wan/ (never trained on the seeds drawn here). Each
 clip (ditcorr.synthetic, 256x256, seeded from S) is encoded per frame and run through one forward per noise level
@@ -26,7 +26,8 @@ scored there.
 Speed (--speed): a random-weight Wan at 480x832 (1.3b) or 128x128 (tiny), F per-frame latent frames; the node's
 model path (runs of 13 frames overlapping by the context, the middle block), timed as extraction forwards alone
 and as propagation alone on the features they captured (token labels, then pixel masks from frames in CPU
-memory, as the node does); `propagate_to_forward_ratio`, peak memory.
+memory, as the node does); `propagate_to_forward_ratio`, peak memory. --upscale F times both at frames F times
+larger (F x 480 x F x 832 at 1.3b), the radius scaled as the node scales it.
 """
 from __future__ import annotations
 
@@ -185,7 +186,10 @@ def speed(args) -> dict:
     from difftrack_pack.nodes.propagate_nodes import on_device
 
     latent, frame_size, images, _ = tracking_inputs(run.size, args.frames, 1, run.generator)
-    settings = PropagationSettings()
+    # upscale: as the node, the latents and tokens of the enlarged frames, the masks at the frames' own size
+    latent = torch.nn.functional.interpolate(latent, scale_factor=(1, args.upscale, args.upscale))
+    enlarged_size = (args.upscale * frame_size[0], args.upscale * frame_size[1])
+    settings = PropagationSettings(radius=args.upscale * PropagationSettings.radius)
     chunks = plan_windows(args.frames, 13, 0, settings.context)
     height, width = frame_size
     masks = torch.zeros(2, height, width)
@@ -194,7 +198,7 @@ def speed(args) -> dict:
     positions = tuple(map(float, range(args.frames)))
 
     def extract():
-        return extract_from_latent(run.model, latent, positions, frame_size, args.frames, run.conditioning,
+        return extract_from_latent(run.model, latent, positions, enlarged_size, args.frames, run.conditioning,
                                    [run.middle_block], 0.1, chunks=chunks)
 
     def propagate(features):
@@ -227,6 +231,7 @@ def speed(args) -> dict:
     forward_s, token_s = statistics.median(forward_times), statistics.median(propagate_times)
     pixel_s = statistics.median(pixel_times)
     return {"model": f"wan2.1-{args.size}", "device": run.device_name, "frames": args.frames, "chunks": len(chunks),
+            "frame_size": list(frame_size), "upscale": args.upscale,
             "block": run.middle_block, "forward_s": round(forward_s, 4), "propagate_s": round(token_s + pixel_s, 4),
             "token_propagate_s": round(token_s, 4), "pixel_masks_s": round(pixel_s, 4),
             "propagate_to_forward_ratio": round((token_s + pixel_s) / forward_s, 4), "peak_extra_mem_gib": peak,

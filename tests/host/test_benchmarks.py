@@ -43,6 +43,8 @@ def run(script: str, *args: str) -> dict:
      {"jf", "j", "f", "best_sigma", "best_block", "by_sigma", "settings", "baselines", "margin"}),
     ("vos.py", ("--clips", "1", "--sigmas", "0.5", "--fuse", "6+7", "--upscale", "2"),
      {"jf", "j", "f", "best_sigma", "best_block", "by_sigma", "settings", "baselines", "margin"}),
+    ("vos.py", ("--speed", "--size", "tiny", "--frames", "9", "--repeats", "1", "--upscale", "2"),
+     {"forward_s", "propagate_s", "propagate_to_forward_ratio", "frame_size", "upscale"}),
     ("motion_transfer.py", ("--cost", "--steps", "5", "--schedules", "0:1,1:2", "--embeddings"),
      {"plain_s", "by_schedule", "guided_steps", "iterations"}),
     ("motion_transfer.py", ("--clips", "1", "--steps", "3", "--iterations", "2", "--rate", "0.005,0.005",
@@ -73,7 +75,9 @@ def test_benchmark_prints_its_json_line(script, args, keys):
         assert out["guided_steps"] == 1
     if script == "cag.py":
         assert out["max_abs_diff_vs_naive"] <= 1e-4
-    if script == "vos.py":  # the best setting is one of those scored, the first mask copied scores below it
+    if script == "vos.py" and "--speed" in args:  # timed at the tiny model's 128 x 128 frames, enlarged twice
+        assert out["frame_size"] == [128, 128] and out["upscale"] == 2 and out["propagate_to_forward_ratio"] > 0
+    elif script == "vos.py":  # the best setting is one of those scored, the first mask copied scores below it
         sigmas = args[args.index("--sigmas") + 1].split(",")
         assert sorted(out["by_sigma"], key=float) == sigmas and out["best_sigma"] in map(float, sigmas)
         assert out["upscale"] == (2 if "--upscale" in args else 1)
