@@ -9,13 +9,13 @@ Target rows are computed in batches, so no full attention map is ever held.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 
+from .guided import guided_filter
 from .streaming import FrameCopier
 
 
@@ -403,22 +403,15 @@ def label_maps(labels: dict[float, torch.Tensor], frames: torch.Tensor, annotate
 
 def labels_to_pixels(labels: torch.Tensor, frames: torch.Tensor, radius: int | None = None,
                      eps: float = 1e-2) -> torch.Tensor:
-    """Token-grid soft labels [T, L, h, w] at the frames' pixels [T, L, H, W]: bilinear upsampling, then kornia's
-    guided filter with the frame ([T, H, W, 3] in [0, 1]) as guidance, so label edges snap to image edges.
-    radius: the filter's window half-width in pixels (one token when None); eps: its regulariser (smaller follows
-    the image more closely). The filter's coefficients are computed on a grid an eighth of the radius apart (the
-    fast guided filter: ten times faster at 16-pixel tokens, the masks as good). The result is renormalised to
-    sum to 1 per pixel."""
-    try:
-        from kornia.filters import guided_blur
-    except ImportError as error:  # ComfyUI lists kornia among its requirements; a trimmed install may lack it
-        raise ImportError("Edge-aware mask upsampling needs kornia (in ComfyUI's requirements.txt): "
-                          "pip install kornia.") from error
-    # kornia >= 0.9 can take the box sums as two 1-D passes: the same filter, several times fewer operations
-    separable = {"separable": True} if "separable" in inspect.signature(guided_blur).parameters else {}
+    """Token-grid soft labels [T, L, h, w] at the frames' pixels [T, L, H, W]: bilinear upsampling, then the guided
+    filter (guided.guided_filter, kornia's box filters) with the frame ([T, H, W, 3] in [0, 1]) as guidance, so
+    label edges snap to image edges. radius: the filter's window half-width in pixels (one token when None); eps:
+    its regulariser (smaller follows the image more closely). The filter's coefficients are computed on a grid an
+    eighth of the radius apart (the fast guided filter: ten times faster at 16-pixel tokens, the masks as good).
+    The result is renormalised to sum to 1 per pixel."""
     height, width = frames.shape[1:3]
     radius = radius if radius is not None else max(1, round(height / labels.shape[-2]))
     up = torch.nn.functional.interpolate(labels.float(), size=(height, width), mode="bilinear", align_corners=False)
     guidance = frames.permute(0, 3, 1, 2).float().to(up.device)
-    smoothed = guided_blur(guidance, up, 2 * radius + 1, eps, subsample=max(1, radius // 8), **separable).clamp(min=0)
+    smoothed = guided_filter(guidance, up, radius, eps, subsample=max(1, radius // 8)).clamp(min=0)
     return smoothed / smoothed.sum(dim=1, keepdim=True).clamp(min=1e-12)

@@ -104,3 +104,9 @@ def test_benchmark_prints_its_json_line(script, args, keys):
     if script == "analysis.py" and "grid" in out:  # the trained tiny DiT tracks with its last block only
         assert out["auto_block"] == out["best_block_by_gt"] == 7 and set(out["grid"]) == {str(b) for b in range(8)}
         assert out["auto_delta_avg"] == out["grid"]["7"]["0.2"]["delta_avg"] > 30
+
+
+def test_guided_filter_benchmark_times_ours_and_kornias_on_the_same_labels():
+    out = run("guided.py", "--frames", "2", "--height", "64", "--width", "96", "--repeats", "1")
+    assert out["device"] == "cpu" and out["frame_size"] == [64, 96] and out["ours_s"] > 0 and out["kornia_s"] > 0
+    assert out["max_abs_diff"] <= 2e-4  # the same filter
