@@ -9,7 +9,9 @@ step is an elementwise kernel or one of kornia's box filters.
 """
 from __future__ import annotations
 
+import functools
 import inspect
+from typing import Callable
 
 import torch
 
@@ -24,15 +26,15 @@ def subsampled_pixels(size: int, subsample: int, device) -> torch.Tensor:
     return ((2 * i + 1) * size + rows * (1 - subsample)).div(2 * rows, rounding_mode="floor").clamp(0, size - 1)
 
 
-def _box(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Window means [B, C, h, w] (reflected borders), by kornia's box filter, as two 1-D passes where it can."""
+def _box_filter() -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
+    """kornia's box filter: window means [B, C, h, w] with reflected borders, as two 1-D passes where it can."""
     try:
         from kornia.filters import box_blur
     except ImportError as error:  # ComfyUI lists kornia among its requirements; a trimmed install may lack it
         raise ImportError("Edge-aware mask upsampling needs kornia (in ComfyUI's requirements.txt): "
                           "pip install kornia.") from error
     separable = {"separable": True} if "separable" in inspect.signature(box_blur).parameters else {}
-    return box_blur(images, size, "reflect", **separable)
+    return functools.partial(box_blur, border_type="reflect", **separable)
 
 
 def _inverse_symmetric_3x3(a: torch.Tensor) -> torch.Tensor:
@@ -70,24 +72,25 @@ def guided_filter(guidance: torch.Tensor, inputs: torch.Tensor, radius: int, eps
     side = 2 * radius // subsample + 1  # the window of 2·radius + 1 pixels on the coarse grid
     size = (side, side)
     h, w = coarse_guide.shape[-2:]
+    box = _box_filter()
 
-    mean_guide = _box(coarse_guide, size)  # [B, 3, h, w]
-    mean_input = _box(coarse_input, size)  # [B, L, h, w]
+    mean_guide = box(coarse_guide, size)  # [B, 3, h, w]
+    mean_input = box(coarse_input, size)  # [B, L, h, w]
     pairs = [(i, j) for i in range(3) for j in range(i, 3)]  # the six distinct entries of the symmetric covariance
     products = torch.stack([coarse_guide[:, i] * coarse_guide[:, j] for i, j in pairs], dim=1)
-    moments = _box(products, size)
+    moments = box(products, size)
     covariance = guidance.new_empty(batch, 3, 3, h, w)
     for index, (i, j) in enumerate(pairs):
         entry = moments[:, index] - mean_guide[:, i] * mean_guide[:, j] + (eps if i == j else 0.0)
         covariance[:, i, j] = entry
         covariance[:, j, i] = entry
-    cross = _box((coarse_guide[:, :, None] * coarse_input[:, None]).flatten(1, 2), size).view(batch, 3, labels, h, w)
+    cross = box((coarse_guide[:, :, None] * coarse_input[:, None]).flatten(1, 2), size).view(batch, 3, labels, h, w)
     cross = cross - mean_guide[:, :, None] * mean_input[:, None]  # [B, 3, L, h, w]: guidance-input covariance
     inverse = _inverse_symmetric_3x3(covariance)
     slopes = torch.stack([sum(inverse[:, i, j, None] * cross[:, j] for j in range(3)) for i in range(3)], dim=1)
     offsets = mean_input - (slopes * mean_guide[:, :, None]).sum(dim=1)  # [B, L, h, w]
-    mean_slopes = _box(slopes.flatten(1, 2), size)
-    mean_offsets = _box(offsets, size)
+    mean_slopes = box(slopes.flatten(1, 2), size)
+    mean_offsets = box(offsets, size)
     if subsample > 1:
         mean_slopes = torch.nn.functional.interpolate(mean_slopes, size=(height, width), mode="bilinear",
                                                       align_corners=False)
