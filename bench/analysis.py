@@ -167,7 +167,7 @@ def main() -> None:
         return
     bench.start(args)
     sigmas = tuple(float(s) for s in args.sigmas.split(","))
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    device = bench.device_name(args.device)
     model = "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else Path(args.unet).name  # the trained tiny DiT
     print(json.dumps({"model": model, "device": device, **quality(args.unet, args.vae, args.seed, args.clips, sigmas)}))
 

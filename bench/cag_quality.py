@@ -146,7 +146,7 @@ def main() -> None:
                            for name, clip in first_clips.items()}, [f"frame {f}" for f in frames], args.picture)
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,
+        "device": bench.device_name(args.device), "seed": args.seed,
         "clips": args.clips, "steps": args.steps, "motion": args.motion, "best_block": int(chosen["best"]), "arms": results,
         "real": {metric: summary([m[metric] for m in real]) for metric in METRICS},
         "seconds": round(time.perf_counter() - begin, 1),

@@ -165,7 +165,7 @@ def main() -> None:
         bench.image_sheet(rows, [f"frame {f}" for f in frames], args.picture)
     print(json.dumps({
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "seed": args.seed,
+        "device": bench.device_name(args.device), "seed": args.seed,
         "clips": args.clips, "steps": args.steps, "shift": args.shift, "motion": args.motion, **scores,
         "meets": acceptance(scores["generated"], scores["real"]),
         "seconds_per_clip": round(sampling_s / args.clips, 2), "seconds": round(time.perf_counter() - begin, 1),

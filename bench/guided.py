@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import statistics
-import time
 
 import torch
 
@@ -39,20 +38,11 @@ def main() -> None:
     runs = {"ours": lambda: guided_filter(guidance, labels, radius, eps, subsample),
             "kornia": lambda: guided_blur(guidance, labels, 2 * radius + 1, eps, subsample=subsample, **separable)}
 
-    def seconds(run) -> float:
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        begin = time.perf_counter()
-        run()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - begin
-
     for run in runs.values():  # warm-up
         run()
-    times = {name: [seconds(run) for _ in range(args.repeats)] for name, run in runs.items()}
+    times = {name: [bench.timed(run, args.device)[0] for _ in range(args.repeats)] for name, run in runs.items()}
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(json.dumps({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+    print(json.dumps({"device": bench.device_name(args.device),
                       "frames": args.frames, "labels": args.labels, "frame_size": [args.height, args.width],
                       "ours_s": round(median["ours"], 5), "kornia_s": round(median["kornia"], 5),
                       "speedup": round(median["kornia"] / median["ours"], 3),

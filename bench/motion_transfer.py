@@ -224,7 +224,7 @@ def main() -> None:
         **by_schedule[next(iter(schedules))], **mean(rows["unguided"]), "by_schedule": by_schedule,
         **({"embeddings": mean(rows["embeddings"])} if args.embeddings else {}),
         "model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "device": bench.device_name(args.device),
         "seed": args.seed, "clips": args.clips, "steps": args.steps, "iterations": args.iterations,
         "guided": args.guided, "rate": args.rate, "blocks": args.blocks,
     }))

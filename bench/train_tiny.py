@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from difftrack_devkit import bench
 from difftrack_devkit.host import require_host
 from difftrack_devkit.testbed import TRAINED, TRAINED_DIT, TRAINED_VAE
 TRAIN_SEED_BASE = 2 ** 50  # quality.py draws seed * 100_003 + index, far below this
@@ -357,7 +358,7 @@ def main() -> None:
         "command": "python bench/train_tiny.py " + " ".join(command_flag(k, v) for k, v in vars(args).items()
                                                              if k not in ("out", "compile", "resume"))
                    + (" --compile" if args.compile else "") + (" --resume <the previous run>" if args.resume else ""),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+        "device": bench.device_name(args.device), "torch": torch.__version__,
         "train_seed_base": TRAIN_SEED_BASE, "vae_dim": VAE_DIM, "dit_config": config, "dit_steps_done": steps,
         "seconds": seconds,
         "final_vae_loss": previous["final_vae_loss"] if previous else next(e["loss"] for e in reversed(log) if e["phase"] == "vae"),

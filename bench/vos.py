@@ -275,7 +275,7 @@ def main() -> None:
                       fused=tuple(choice for choice in args.fuse.split(",") if choice), one_colour=args.one_colour,
                       upscale=args.upscale)
     print(json.dumps({"model": "wan2.1-tiny" if args.unet == str(TRAINED / TRAINED_DIT) else args.unet,
-                      "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", **scores}))
+                      "device": bench.device_name(args.device), **scores}))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,22 @@ def parser(doc: str, sizes: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def device_name(device: str) -> str:
+    """What a benchmark's JSON names the device: the GPU's name on "cuda", else "cpu"."""
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def timed(run: Callable[[], object], device: str) -> tuple[float, object]:
+    """(seconds `run` takes, the device's queue drained before and after; what it returned)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    begin = time.perf_counter()
+    result = run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - begin, result
+
+
 def start(args: argparse.Namespace) -> None:
     """ComfyUI and this pack importable, on the device the command line chose."""
     require_host(cpu=args.device == "cpu")
@@ -44,19 +60,11 @@ class RandomModelRun:
 
     @property
     def device_name(self) -> str:
-        return torch.cuda.get_device_name() if self.cuda else "cpu"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
+        return device_name(self.device)
 
     def timed(self, run: Callable[[], object]) -> tuple[float, object]:
-        """(seconds `run` takes, the device's queue drained before and after; what it returned)."""
-        self.sync()
-        begin = time.perf_counter()
-        result = run()
-        self.sync()
-        return time.perf_counter() - begin, result
+        """(seconds `run` takes on this run's device, its queue drained before and after; what it returned)."""
+        return timed(run, self.device)
 
     def profile(self, run: Callable[[], object], title: str, rows: int = 25) -> None:
         """Run `run` once under torch's profiler and print its busiest operations to stderr, under `title`."""
